@@ -1,0 +1,140 @@
+"""Finds a TFLite interpreter (LiteRT first) and the Edge TPU delegate; no TensorFlow needed.
+
+Order: ``ai_edge_litert`` (LiteRT, the maintained runtime), ``tflite_runtime`` (older
+Pi images), then ``tensorflow.lite`` as a development fallback only. The official pycoral
+is not on PyPI, so the Edge TPU delegate is loaded directly from ``libedgetpu``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgekitError
+
+EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"
+EDGETPU_LIBRARY = {
+    "Linux": "libedgetpu.so.1",
+    "Darwin": "libedgetpu.1.dylib",
+    "Windows": "edgetpu.dll",
+}[platform.system()] if platform.system() in ("Linux", "Darwin", "Windows") else "libedgetpu.so.1"
+
+_CANDIDATES = (
+    ("ai-edge-litert", "ai_edge_litert.interpreter"),
+    ("tflite-runtime", "tflite_runtime.interpreter"),
+    ("tensorflow", "tensorflow.lite"),
+)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The interpreter package in use.
+
+    Attributes:
+        name: distribution name, e.g. "ai-edge-litert".
+        version: its version string.
+        interpreter_cls: the ``Interpreter`` class.
+        load_delegate: the package's ``load_delegate`` function.
+    """
+
+    name: str
+    version: str
+    interpreter_cls: Any
+    load_delegate: Any
+
+
+def _version(dist: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(dist if dist != "tensorflow" else "tensorflow")
+    except Exception:  # noqa: BLE001 - version is informational only
+        return "unknown"
+
+
+@functools.cache
+def backend() -> Backend:
+    """Returns the first interpreter package that imports (cached).
+
+    Raises:
+        EdgekitError: none is installed (with the install command).
+    """
+    for dist, module in _CANDIDATES:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        if dist == "tensorflow":
+            return Backend(dist, getattr(importlib.import_module("tensorflow"), "__version__",
+                                         "unknown"), mod.Interpreter,
+                           mod.experimental.load_delegate)
+        return Backend(dist, _version(dist), mod.Interpreter, mod.load_delegate)
+    raise EdgekitError("no TFLite interpreter found: pip install ai-edge-litert "
+                       "(or tflite-runtime on older boards)")
+
+
+def is_edgetpu_model(model_path: str | Path) -> bool:
+    """True when the model was compiled by ``edgetpu_compiler`` (has the custom op)."""
+    return EDGETPU_CUSTOM_OP in Path(model_path).read_bytes()
+
+
+def load_edgetpu_delegate(device: str | None = None) -> Any:
+    """Loads the Edge TPU delegate from ``libedgetpu`` directly.
+
+    Args:
+        device: "usb", "usb:N", "pci:N" or None for the first Edge TPU found.
+
+    Raises:
+        EdgekitError: the library or the device is missing, with how to fix it.
+    """
+    options = {"device": device} if device else {}
+    try:
+        return backend().load_delegate(EDGETPU_LIBRARY, options)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise EdgekitError(
+            f"Edge TPU delegate did not load ({EDGETPU_LIBRARY}"
+            f"{', device ' + device if device else ''}): {e}; install the Edge TPU runtime "
+            "(Debian/Ubuntu: apt install libedgetpu1-std from Coral's package repository) "
+            "and plug in the accelerator") from None
+
+
+def make_interpreter(model_path: str | Path, threads: int | None = None,
+                     edgetpu: bool | str = False) -> Any:
+    """Creates and allocates an interpreter for a ``.tflite`` file.
+
+    Args:
+        model_path: the model.
+        threads: CPU threads for the interpreter (None: the backend's default).
+        edgetpu: False, True (first Edge TPU) or a device string such as "usb:0".
+
+    Raises:
+        EdgekitError: missing file, not a TFLite model, or an Edge TPU model without an
+            Edge TPU.
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise EdgekitError(f"model not found: {path}")
+    data = path.read_bytes()
+    # A FlatBuffer TFLite model carries the file identifier "TFL3" at bytes 4..8.
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise EdgekitError(f"not a TFLite model (no TFL3 identifier): {path}")
+    delegates = []
+    if edgetpu:
+        delegates.append(load_edgetpu_delegate(edgetpu if isinstance(edgetpu, str) else None))
+    elif EDGETPU_CUSTOM_OP in data:
+        raise EdgekitError(
+            f"{path.name} is compiled for the Edge TPU (edgetpu-custom-op) and cannot run on "
+            "the CPU: run it with --edgetpu on a machine with a Coral device, or use the "
+            "CPU model it was compiled from (e.g. model_int8.tflite)")
+    try:
+        interp = backend().interpreter_cls(model_path=str(path), num_threads=threads,
+                                           experimental_delegates=delegates or None)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgekitError(f"cannot load model {path}: {first}") from None
+    return interp

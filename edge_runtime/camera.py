@@ -1,0 +1,106 @@
+"""Turns one source string into OpenCV frames: camera index, device path, file, URL, pipeline."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import EdgekitError
+
+log = logging.getLogger(__name__)
+
+_URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed source string.
+
+    Attributes:
+        kind: "camera" (index), "device" (/dev/video*), "file", "url" or "gstreamer".
+        target: what is handed to ``cv2.VideoCapture``.
+        api: the OpenCV backend to use.
+    """
+
+    kind: str
+    target: int | str
+    api: int = cv2.CAP_ANY
+
+    @property
+    def live(self) -> bool:
+        """True for cameras and streams (no end), False for files."""
+        return self.kind != "file"
+
+
+def parse_source(text: str) -> Source:
+    """Parses a source string.
+
+    Raises:
+        EdgekitError: an empty string or a file that does not exist.
+    """
+    s = text.strip()
+    if not s:
+        raise EdgekitError("empty --source; expected a camera index, /dev/video*, a video "
+                           "file, a URL or a GStreamer pipeline")
+    if s.isdigit():
+        return Source("camera", int(s))
+    if s.lower().startswith(_URL_SCHEMES):
+        return Source("url", s, cv2.CAP_FFMPEG)
+    if "!" in s:
+        return Source("gstreamer", s, cv2.CAP_GSTREAMER)
+    if s.startswith("/dev/video"):
+        return Source("device", s, cv2.CAP_V4L2)
+    if not Path(s).exists():
+        raise EdgekitError(f"video source not found: {s}")
+    if Path(s).is_dir():
+        raise EdgekitError(f"video source is a folder, expected a video file: {s}")
+    return Source("file", s)
+
+
+def open_capture(source: Source) -> cv2.VideoCapture:
+    """Opens a ``cv2.VideoCapture`` for ``source``.
+
+    Raises:
+        EdgekitError: OpenCV cannot open it.
+    """
+    cap = cv2.VideoCapture(source.target, source.api)
+    if not cap.isOpened():
+        cap.release()
+        raise EdgekitError(f"cannot open video source {source.target!r} ({source.kind})")
+    return cap
+
+
+def frames(source: Source, max_failures: int = 30) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields ``(frame_number, bgr_frame)`` until the end of a file.
+
+    A live source that fails ``max_failures`` reads in a row is treated as gone.
+
+    Raises:
+        EdgekitError: the source cannot be opened, or a file yields no frame at all.
+    """
+    cap = open_capture(source)
+    n = 0
+    failures = 0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                if not source.live:
+                    break
+                failures += 1
+                if failures >= max_failures:
+                    raise EdgekitError(f"video source {source.target!r} stopped delivering "
+                                       f"frames ({failures} failed reads)")
+                continue
+            failures = 0
+            yield n, frame
+            n += 1
+    finally:
+        cap.release()
+    if n == 0:
+        raise EdgekitError(f"no frame could be read from {source.target!r}; is it a video?")

@@ -1,0 +1,162 @@
+"""Command line of the on-device runtime.
+
+Usage:
+    python -m edge_runtime classify --model M.tflite [--labels L] [--top-k K] [--json] IMAGE...
+    python -m edge_runtime run --model M.tflite --source SRC [--output FILE] [--max-frames N]
+
+``classify`` prints the top-k classes of each image; with ``--json``, one object per line:
+``{"image": path, "top": [{"index": int, "label": str, "score": float}, ...]}``.
+``run`` reads frames from SRC (camera index, /dev/video*, video file, URL or GStreamer
+pipeline) and writes one JSON line per frame; it stops at the end of a file, and
+SIGINT/SIGTERM stop it cleanly with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from .errors import EXIT_ERROR, EXIT_OK, EdgekitError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _unit_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
+    return v
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help="the .tflite model")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="label file (one per line, or 'index label'); default: the manifest "
+                        "beside the model")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="interpreter CPU threads (default: the backend's choice)")
+    p.add_argument("--edgetpu", nargs="?", const=True, default=False, metavar="DEVICE",
+                   help="run on the Edge TPU (optionally 'usb', 'usb:N' or 'pci:N')")
+    p.add_argument("--input-mean", type=float, default=None,
+                   help="pixel mean for a model with no manifest (input = (pixel-mean)/std)")
+    p.add_argument("--input-std", type=float, default=None,
+                   help="pixel std for a model with no manifest")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for ``python -m edge_runtime``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m edge_runtime", description="edgekit on-device runtime",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("classify", help="classify image files",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_model_args(c)
+    c.add_argument("--top-k", type=_positive_int, default=3, help="classes to print per image")
+    c.add_argument("--threshold", type=_unit_float, default=0.0, help="minimum score to print")
+    c.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    c.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+
+    r = sub.add_parser("run", help="classify a camera or video stream",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_model_args(r)
+    r.add_argument("--source", required=True,
+                   help="camera index, /dev/video*, video file, URL or GStreamer pipeline")
+    r.add_argument("--output", type=Path, default=None,
+                   help="append JSON lines to this file instead of stdout")
+    r.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
+    r.add_argument("--threshold", type=_unit_float, default=0.0,
+                   help="below this score the frame's label is null")
+    return parser
+
+
+def _classifier(args: argparse.Namespace):
+    from .classify import Classifier
+    from .manifest import Normalization
+
+    norm = None
+    if args.input_mean is not None or args.input_std is not None:
+        try:
+            norm = Normalization(args.input_mean if args.input_mean is not None else 0.0,
+                                 args.input_std if args.input_std is not None else 1.0)
+        except ValueError as e:
+            raise EdgekitError(str(e)) from None
+    return Classifier(args.model, labels=args.labels, threads=args.threads,
+                      edgetpu=args.edgetpu, normalization=norm)
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from .preprocess import load_image
+
+    clf = _classifier(args)
+    status = EXIT_OK
+    for path in args.images:
+        try:
+            top = clf.classify(load_image(path), args.top_k, args.threshold)
+        except EdgekitError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = EXIT_ERROR
+            continue
+        if args.json:
+            print(json.dumps({"image": str(path), "top": [
+                {"index": c.index, "label": c.label, "score": round(c.score, 6)} for c in top]}))
+        else:
+            print(f"{path}:")
+            for c in top:
+                print(f"  {c.score:7.4f}  {c.label} ({c.index})")
+    return status
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .camera import parse_source
+    from .loop import StopFlag, run
+
+    source = parse_source(args.source)
+    clf = _classifier(args)
+    stop = StopFlag()
+    restore = stop.install()
+    try:
+        with ExitStack() as stack:
+            out = sys.stdout
+            if args.output is not None:
+                args.output.parent.mkdir(parents=True, exist_ok=True)
+                out = stack.enter_context(args.output.open("a", encoding="utf-8"))
+            summary = run(clf, source, out, args.max_frames, stop, args.threshold)
+    finally:
+        restore()
+    why = f"stopped by signal {stop.signal}" if stop.signal else "done"
+    print(f"{why}: {summary['frames']} frames in {summary['seconds']} s "
+          f"({summary['fps']} fps, mean inference {summary['mean_inference_ms']} ms, "
+          f"backend {clf.backend.name} {clf.backend.version})", file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        if args.command == "classify":
+            return _cmd_classify(args)
+        return _cmd_run(args)
+    except EdgekitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return EXIT_OK

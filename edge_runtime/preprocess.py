@@ -1,0 +1,108 @@
+"""Image preprocessing, the one implementation shared by training, conversion and runtime.
+
+Training, calibration, evaluation and the camera loop all turn an image into model input
+with these functions, so a model sees the same pixels in the field as in training:
+decode with OpenCV, convert BGR to RGB once, then resize (stretch or centre crop) with
+``INTER_AREA`` when shrinking and ``INTER_LINEAR`` when enlarging.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import EdgekitError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+
+
+class ImageError(EdgekitError):
+    """An image file that cannot be decoded."""
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Reads an image file as an RGB ``uint8`` array of shape (H, W, 3).
+
+    Grayscale, 16-bit and alpha images are converted (to 3-channel 8-bit RGB).
+
+    Raises:
+        ImageError: missing, empty or undecodable file.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # fromfile+imdecode: non-ASCII paths work
+    except FileNotFoundError:
+        raise ImageError(f"image not found: {path}") from None
+    except (IsADirectoryError, PermissionError, OSError) as e:
+        raise ImageError(f"cannot read image {path}: {e}") from None
+    if data.size == 0:
+        raise ImageError(f"image file is empty: {path}")
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageError(f"not a decodable image: {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
+    """Converts an OpenCV BGR frame to RGB (the only place the runtime swaps channels)."""
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def center_crop(img: np.ndarray, aspect: float) -> np.ndarray:
+    """Returns the largest centred view of ``img`` with width/height == ``aspect``."""
+    h, w = img.shape[:2]
+    if w / h > aspect:
+        new_w = max(1, round(h * aspect))
+        x0 = (w - new_w) // 2
+        return img[:, x0:x0 + new_w]
+    new_h = max(1, round(w / aspect))
+    y0 = (h - new_h) // 2
+    return img[y0:y0 + new_h]
+
+
+def fit(img: np.ndarray, size: tuple[int, int], resize: str = "stretch",
+        out: np.ndarray | None = None) -> np.ndarray:
+    """Resizes an RGB image to ``size`` = (height, width) as the manifest says.
+
+    Args:
+        img: (H, W, 3) uint8 image.
+        size: target (height, width).
+        resize: "stretch" or "center_crop".
+        out: optional (height, width, 3) uint8 array to write into (no extra copy).
+
+    Returns:
+        The resized image (``out`` when given).
+    """
+    h, w = size
+    if resize == "center_crop":
+        img = center_crop(img, w / h)
+    elif resize != "stretch":
+        raise ValueError(f"resize {resize!r}, expected 'stretch' or 'center_crop'")
+    if img.shape[0] == h and img.shape[1] == w:
+        if out is None:
+            return np.ascontiguousarray(img)
+        out[...] = img
+        return out
+    shrinking = img.shape[0] * img.shape[1] > h * w
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    if out is None:
+        return cv2.resize(img, (w, h), interpolation=interp)
+    cv2.resize(img, (w, h), dst=out, interpolation=interp)
+    return out
+
+
+def load_for_model(path: str | Path, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
+    """Reads an image file and resizes it for a model: :func:`load_image` + :func:`fit`."""
+    return fit(load_image(path), size, resize)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Lists image files (by suffix) directly inside ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
