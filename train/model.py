@@ -1,0 +1,105 @@
+"""Builds the MobileNetV2 transfer-learning classifier (pixel scaling inside the model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_runtime.errors import EdgekitError
+
+ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
+
+
+def build_model(num_classes: int, alpha: float = 1.0, img_size: int = 224,
+                weights: str | None = "imagenet", dropout: float = 0.2):
+    """MobileNetV2 base (no top, average pooling) + Dropout + Dense softmax.
+
+    The model takes raw 0-255 RGB; scaling to [-1, 1] (``mobilenet_v2.preprocess_input``)
+    is a layer inside it, so the exported model needs no normalisation outside.
+
+    Args:
+        num_classes: output classes.
+        alpha: width multiplier.
+        img_size: square input size in pixels.
+        weights: "imagenet", None (random init), or a path to a local ``.h5`` weights file
+            (the no-top file Keras would download, for offline machines).
+        dropout: dropout rate before the classifier.
+
+    Returns:
+        (model, base): the full model and its MobileNetV2 base.
+
+    Raises:
+        EdgekitError: bad alpha, missing weights file, or ImageNet weights unreachable.
+    """
+    import keras
+
+    if alpha not in ALPHAS:
+        raise EdgekitError(f"alpha {alpha}, expected one of {list(ALPHAS)}")
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise EdgekitError(f"weights file not found: {weights}")
+    from_scratch = weights is None
+    try:
+        base = keras.applications.MobileNetV2(
+            input_shape=(img_size, img_size, 3), alpha=alpha, include_top=False,
+            weights=weights, pooling="avg")
+    except ValueError as e:
+        raise EdgekitError(f"cannot build MobileNetV2: {e}") from None
+    except Exception as e:  # noqa: BLE001 - download or HDF5 errors come in many types
+        if weights == "imagenet":
+            raise EdgekitError(
+                f"could not download the ImageNet weights ({type(e).__name__}); on an offline "
+                "machine pass --weights PATH to the local no-top .h5 file, or --weights none"
+            ) from None
+        raise EdgekitError(f"cannot load weights {weights}: {e}") from None
+    inputs = keras.Input((img_size, img_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_1")(inputs)
+    if from_scratch:
+        # Nothing to transfer: train the whole network. MobileNetV2's BatchNorm momentum
+        # (0.999) is far too slow for a few hundred steps; the moving statistics would
+        # never leave their initial values and held-out accuracy would sit at chance.
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
+        x = base(x)
+    else:
+        base.trainable = False
+        x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, outputs, name=f"mobilenetv2_{alpha}_{img_size}"), base
+
+
+def batchnorm_layers(model) -> list:
+    """All BatchNormalization layers, nested models included."""
+    import keras
+
+    found, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        stack.extend(getattr(layer, "layers", []))
+    return found
+
+
+def recalibrate_batchnorm(model, images, batch_size: int = 32) -> None:
+    """Re-estimates BatchNorm moving statistics as an exact average over ``images``.
+
+    After training from scratch, the moving averages lag the weights; averaging the
+    batch statistics of the final weights over the training set fixes the train/test gap.
+    """
+    import numpy as np
+
+    bns = batchnorm_layers(model)
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, "float32"))
+        bn.moving_variance.assign(np.ones(bn.moving_variance.shape, "float32"))
+    try:
+        for i, start in enumerate(range(0, len(images), batch_size)):
+            for bn in bns:
+                bn.momentum = i / (i + 1)  # running mean of per-batch statistics
+            model(images[start:start + batch_size].astype("float32"), training=True)
+    finally:
+        for bn, m in zip(bns, saved):
+            bn.momentum = m
