@@ -3,6 +3,7 @@
 Usage:
     python -m benchmarks runs/NAME [--variants float32,int8] [--threads 1,4] [--runs N]
                                    [--warmup N] [--min-seconds S]
+    python -m benchmarks video-check CAMERA.jsonl FRAME_LABELS.txt
 
 Writes runs/NAME/bench/results.json, results.csv, report.md and latency_vs_accuracy.png
 (the plot needs matplotlib; the measuring part needs only the device extra).
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "video-check":
+        from .video_check import main as video_check
+
+        return video_check(argv[1:])
     args = build_parser().parse_args(argv)
     from .core import run
 

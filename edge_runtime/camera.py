@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,10 @@ def open_capture(source: Source) -> cv2.VideoCapture:
     Raises:
         EdgekitError: OpenCV cannot open it.
     """
+    # FFmpeg and OpenCV print their own diagnostics for a bad file; our one line says it.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     cap = cv2.VideoCapture(source.target, source.api)
     if not cap.isOpened():
         cap.release()
@@ -75,8 +80,9 @@ def open_capture(source: Source) -> cv2.VideoCapture:
     return cap
 
 
-def frames(source: Source, max_failures: int = 30) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields ``(frame_number, bgr_frame)`` until the end of a file.
+def frames(source: Source, max_failures: int = 30, loop: bool = False
+           ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields ``(frame_number, bgr_frame)`` until the end of a file (forever with ``loop``).
 
     A live source that fails ``max_failures`` reads in a row is treated as gone.
 
@@ -91,6 +97,9 @@ def frames(source: Source, max_failures: int = 30) -> Iterator[tuple[int, np.nda
             ok, frame = cap.read()
             if not ok or frame is None:
                 if not source.live:
+                    if loop and n > 0:
+                        cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                        continue
                     break
                 failures += 1
                 if failures >= max_failures:

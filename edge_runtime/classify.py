@@ -126,8 +126,8 @@ def set_input(interp: Any, spec: InputSpec, rgb: np.ndarray, norm: Normalization
             return
         if spec.dtype == np.int8 and abs(offset + 128.0) < 1e-3:
             # p - 128 as int8 is p with its top bit flipped.
-            img = fit(rgb, size, resize)
-            np.bitwise_xor(img, 0x80, out=img)
+            # Not in place: fit() may return the caller's own array when no resize is needed.
+            img = np.bitwise_xor(fit(rgb, size, resize), np.uint8(0x80))
             interp.set_tensor(spec.index, img.view(np.int8)[None])
             return
     info = np.iinfo(spec.dtype)

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="camera index, /dev/video*, video file, URL or GStreamer pipeline")
     r.add_argument("--output", type=Path, default=None,
                    help="append JSON lines to this file instead of stdout")
+    r.add_argument("--loop", action="store_true", help="replay a video file endlessly")
     r.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
     r.add_argument("--threshold", type=_unit_float, default=0.0,
                    help="below this score the frame's label is null")
@@ -137,7 +138,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if args.output is not None:
                 args.output.parent.mkdir(parents=True, exist_ok=True)
                 out = stack.enter_context(args.output.open("a", encoding="utf-8"))
-            summary = run(clf, source, out, args.max_frames, stop, args.threshold)
+            summary = run(clf, source, out, args.max_frames, stop, args.threshold, args.loop)
     finally:
         restore()
     why = f"stopped by signal {stop.signal}" if stop.signal else "done"

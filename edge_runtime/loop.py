@@ -43,12 +43,12 @@ class StopFlag:
 
 def run(classifier: Classifier, source: Source, out: IO[str] = sys.stdout,
         max_frames: int | None = None, stop: StopFlag | None = None,
-        threshold: float = 0.0) -> dict[str, float]:
+        threshold: float = 0.0, loop: bool = False) -> dict[str, float]:
     """Classifies frames from ``source`` and writes one JSON line per frame to ``out``.
 
     Each line: ``{"time", "frame", "index", "label", "score", "inference_ms"}``; ``label``
     is null when the best score is below ``threshold``. Stops at the end of a file, after
-    ``max_frames``, or when ``stop`` is set.
+    ``max_frames``, or when ``stop`` is set; ``loop`` replays a file from the start.
 
     Returns:
         A summary: frames, seconds, fps, mean inference_ms.
@@ -57,7 +57,7 @@ def run(classifier: Classifier, source: Source, out: IO[str] = sys.stdout,
     t_start = time.perf_counter()
     count = 0
     total_invoke = 0.0
-    for n, frame in frames(source):
+    for n, frame in frames(source, loop=loop):
         if stop.event.is_set():
             break
         scores = classifier.scores(bgr_to_rgb(frame))

@@ -193,8 +193,10 @@ def fine_tune(cfg: TrainConfig) -> Path:
           f"test {len(x_te)} images ({time.time() - t0:.1f} s to load)")
 
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()  # same seed, same model
     weights = None if cfg.weights.lower() == "none" else cfg.weights
     model, base = build_and_compile(cfg, len(classes), weights)
     verbose = 1 if sys.stdout.isatty() else 2

@@ -1,0 +1,68 @@
+# edgekit tasks. `make` lists them. Everything runs inside .venv, created on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+SAMPLE := data/sample
+DEMO   := runs/demo
+# CPU-friendly demo settings: from scratch (no download), tiny model, ~2-3 minutes on 2 cores.
+DEMO_TRAIN := --weights none --alpha 0.35 --img-size 96 --epochs 60 --patience 15 --batch-size 32
+
+require = $(if $(strip $($(1))),,$(error $(1) is not set: $(2)))
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test train convert bench run lint clean
+
+help: ## list the tasks
+	@echo "edgekit - make <task> [VAR=value]"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install edgekit[train,device,dev] (no-op when up to date)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e '.[train,device,dev]'
+	@touch $(STAMP)
+
+$(SAMPLE)/video.avi: | $(STAMP)
+	$(PY) -m train.sample_data --out $(SAMPLE)
+
+demo: setup $(SAMPLE)/video.avi ## whole pipeline on built-in sample data: train, convert, bench, camera loop
+	$(PY) -m train --data $(SAMPLE)/images --out $(DEMO) $(DEMO_TRAIN) --force
+	$(PY) -m convert $(DEMO)
+	$(PY) -m benchmarks $(DEMO)
+	@rm -f $(DEMO)/camera.jsonl
+	$(PY) -m edge_runtime run --model $(DEMO)/export/model_int8.tflite --source $(SAMPLE)/video.avi --output $(DEMO)/camera.jsonl
+	$(PY) -m benchmarks video-check $(DEMO)/camera.jsonl $(SAMPLE)/video_labels.txt
+	@echo
+	@echo "Done. Report: $(DEMO)/bench/report.md  Plot: $(DEMO)/bench/latency_vs_accuracy.png"
+	@echo "      Training curves: $(DEMO)/training_curves.png  Conversion: $(DEMO)/export/convert_report.json"
+
+test: setup ## run the test suite
+	$(PY) -m pytest -q tests
+
+train: setup ## train: make train DATA=photos/ RUN=runs/NAME [ARGS="--epochs 20"]
+	$(call require,DATA,make train DATA=path/to/class_folders RUN=runs/NAME)
+	$(call require,RUN,make train DATA=path/to/class_folders RUN=runs/NAME)
+	$(PY) -m train --data $(DATA) --out $(RUN) $(ARGS)
+
+convert: setup ## convert a run to TFLite: make convert RUN=runs/NAME
+	$(call require,RUN,make convert RUN=runs/NAME)
+	$(PY) -m convert $(RUN) $(ARGS)
+
+bench: setup ## benchmark a run's models: make bench RUN=runs/NAME (default runs/demo)
+	$(PY) -m benchmarks $(or $(RUN),$(DEMO)) $(ARGS)
+
+run: setup ## camera loop: make run MODEL=m.tflite SOURCE=0|/dev/video0|file|url
+	$(call require,MODEL,make run MODEL=path/to/model.tflite SOURCE=0)
+	$(call require,SOURCE,make run MODEL=path/to/model.tflite SOURCE=0)
+	$(PY) -m edge_runtime run --model $(MODEL) --source '$(SOURCE)' $(ARGS)
+
+lint: setup ## ruff
+	$(PY) -m ruff check edge_runtime train convert benchmarks tests
+
+clean: ## remove generated data and runs (keeps .venv)
+	rm -rf data runs .pytest_cache

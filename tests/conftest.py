@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny sample data, one tiny trained run and its exported models.
+
+The run is trained once per session with test-sized settings (alpha 0.35, 96 px, a few
+short epochs on 168 training images), so every pipeline test uses a real model in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORAL = (ROOT / ".." / "shared" / "reference" / "coral").resolve()
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_cli(*args: str, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs ``python -m <args>`` from the project root; returns the completed process."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr lines that are not interpreter/TF log noise."""
+    noise = ("INFO:", "WARNING:", "W0000", "I0000", "E0000", "oneDNN")
+    return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith(noise)]
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory) -> Path:
+    """Sample data: 60 images per class and a 60-frame video."""
+    from train.sample_data import generate
+
+    return generate(tmp_path_factory.mktemp("sample"), per_class=60, frames=60, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_run(sample, tmp_path_factory) -> Path:
+    """A run folder trained from scratch with tiny settings."""
+    from train.core import TrainConfig, fine_tune
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = TrainConfig(data=str(sample / "images"), out=str(out), weights="none", alpha=0.35,
+                      img_size=96, epochs=30, patience=30, batch_size=16,
+                      learning_rate=3e-3, seed=0)
+    return fine_tune(cfg)
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run) -> Path:
+    """The run's export folder with float32 and int8 (uint8 io) models."""
+    from convert.export import export
+
+    return export(trained_run, ["float32", "int8"], calib=100).export_dir
+
+
+@pytest.fixture()
+def coral() -> Path:
+    """Coral's reference models and photos; skips when the folder is absent."""
+    if not (CORAL / "mobilenet_v2_1.0_224_quant.tflite").is_file():
+        pytest.skip(f"Coral reference data not found at {CORAL} (only present in the "
+                    "development checkout)")
+    return CORAL
