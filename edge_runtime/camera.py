@@ -63,8 +63,9 @@ def parse_source(text: str) -> Source:
     return Source("file", s)
 
 
-def open_capture(source: Source) -> cv2.VideoCapture:
-    """Opens a ``cv2.VideoCapture`` for ``source``.
+def open_capture(source: Source, width: int | None = None, height: int | None = None,
+                 fps: int | None = None) -> cv2.VideoCapture:
+    """Opens a ``cv2.VideoCapture`` for ``source``, asking a camera for size and rate.
 
     Raises:
         EdgekitError: OpenCV cannot open it.
@@ -77,19 +78,31 @@ def open_capture(source: Source) -> cv2.VideoCapture:
     if not cap.isOpened():
         cap.release()
         raise EdgekitError(f"cannot open video source {source.target!r} ({source.kind})")
+    if source.kind in ("camera", "device"):
+        for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
+                            (cv2.CAP_PROP_FPS, fps)):
+            if value:
+                cap.set(prop, value)
     return cap
 
 
-def frames(source: Source, max_failures: int = 30, loop: bool = False
+_FLIP_CODES = {"horizontal": 1, "vertical": 0, "rotate180": -1}
+
+
+def frames(source: Source, max_failures: int = 30, loop: bool = False, flip: str = "none",
+           width: int | None = None, height: int | None = None, fps: int | None = None
            ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields ``(frame_number, bgr_frame)`` until the end of a file (forever with ``loop``).
+
+    ``flip`` ("horizontal", "vertical", "rotate180") corrects a mounted-upside-down camera.
 
     A live source that fails ``max_failures`` reads in a row is treated as gone.
 
     Raises:
         EdgekitError: the source cannot be opened, or a file yields no frame at all.
     """
-    cap = open_capture(source)
+    cap = open_capture(source, width, height, fps)
+    flip_code = _FLIP_CODES.get(flip)
     n = 0
     failures = 0
     try:
@@ -107,7 +120,7 @@ def frames(source: Source, max_failures: int = 30, loop: bool = False
                                        f"frames ({failures} failed reads)")
                 continue
             failures = 0
-            yield n, frame
+            yield n, (frame if flip_code is None else cv2.flip(frame, flip_code))
             n += 1
     finally:
         cap.release()

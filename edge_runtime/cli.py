@@ -3,12 +3,15 @@
 Usage:
     python -m edge_runtime classify --model M.tflite [--labels L] [--top-k K] [--json] IMAGE...
     python -m edge_runtime run --model M.tflite --source SRC [--output FILE] [--max-frames N]
+    python -m edge_runtime run --config device_configs/NAME.yaml [--set section.key=value ...]
 
 ``classify`` prints the top-k classes of each image; with ``--json``, one object per line:
 ``{"image": path, "top": [{"index": int, "label": str, "score": float}, ...]}``.
 ``run`` reads frames from SRC (camera index, /dev/video*, video file, URL or GStreamer
 pipeline) and writes one JSON line per frame; it stops at the end of a file, and
-SIGINT/SIGTERM stop it cleanly with status 0.
+SIGINT/SIGTERM stop it cleanly with status 0. With ``--config``, settings come from a
+device profile; precedence: flags and ``--set`` > ``EDGEKIT_<SECTION>_<KEY>`` environment
+variables > the profile > defaults.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ def _unit_float(text: str) -> float:
     return v
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="the .tflite model")
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, type=Path, default=None,
+                   help="the .tflite model")
     p.add_argument("--labels", type=Path, default=None,
                    help="label file (one per line, or 'index label'); default: the manifest "
                         "beside the model")
@@ -75,31 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="classify a camera or video stream",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_model_args(r)
-    r.add_argument("--source", required=True,
+    _add_model_args(r, required=False)
+    r.add_argument("--config", type=Path, default=None, help="device profile (YAML)")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a profile setting, e.g. --set model.threads=2")
+    r.add_argument("--source", default=None,
                    help="camera index, /dev/video*, video file, URL or GStreamer pipeline")
     r.add_argument("--output", type=Path, default=None,
                    help="append JSON lines to this file instead of stdout")
     r.add_argument("--loop", action="store_true", help="replay a video file endlessly")
     r.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
-    r.add_argument("--threshold", type=_unit_float, default=0.0,
-                   help="below this score the frame's label is null")
+    r.add_argument("--threshold", type=_unit_float, default=None,
+                   help="below this score the frame's label is null (default 0)")
     return parser
+
+
+def _normalization(args: argparse.Namespace):
+    from .manifest import Normalization
+
+    if args.input_mean is None and args.input_std is None:
+        return None
+    try:
+        return Normalization(args.input_mean if args.input_mean is not None else 0.0,
+                             args.input_std if args.input_std is not None else 1.0)
+    except ValueError as e:
+        raise EdgekitError(str(e)) from None
 
 
 def _classifier(args: argparse.Namespace):
     from .classify import Classifier
-    from .manifest import Normalization
 
-    norm = None
-    if args.input_mean is not None or args.input_std is not None:
-        try:
-            norm = Normalization(args.input_mean if args.input_mean is not None else 0.0,
-                                 args.input_std if args.input_std is not None else 1.0)
-        except ValueError as e:
-            raise EdgekitError(str(e)) from None
     return Classifier(args.model, labels=args.labels, threads=args.threads,
-                      edgetpu=args.edgetpu, normalization=norm)
+                      edgetpu=args.edgetpu, normalization=_normalization(args))
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -124,21 +135,64 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return status
 
 
+def _run_config(args: argparse.Namespace):
+    """The device profile with the command-line flags applied on top (highest precedence)."""
+    from .config import load_config
+
+    flags = list(args.set)
+    for key, value in (("model.path", args.model), ("camera.source", args.source),
+                       ("model.threads", args.threads), ("classify.threshold", args.threshold),
+                       ("output.jsonl", args.output)):
+        if value is not None:
+            flags.append(f"{key}={value}")
+    if args.edgetpu:
+        flags.append("model.delegate=edgetpu")
+        if isinstance(args.edgetpu, str):
+            flags.append(f"model.edgetpu_device={args.edgetpu}")
+    if args.loop:
+        flags.append("camera.loop=true")
+    if args.config is None and (args.model is None or args.source is None):
+        raise EdgekitError("run needs --model and --source, or --config PROFILE.yaml")
+    return load_config(args.config, flags)
+
+
+def _open_classifier(cfg, norm):
+    """The profile's model; on a missing Edge TPU, its CPU fallback when one is set."""
+    from .classify import Classifier
+
+    m = cfg.model
+    edgetpu = (m.edgetpu_device or True) if m.delegate == "edgetpu" else False
+    try:
+        return Classifier(m.path, threads=m.threads, edgetpu=edgetpu, normalization=norm)
+    except EdgekitError as e:
+        if not (edgetpu and m.fallback):
+            raise
+        print(f"warning: {e}; falling back to the CPU model {m.fallback}", file=sys.stderr)
+        return Classifier(m.fallback, threads=m.threads, normalization=norm)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .camera import parse_source
     from .loop import StopFlag, run
 
-    source = parse_source(args.source)
-    clf = _classifier(args)
+    cfg = _run_config(args)
+    source = parse_source(cfg.camera.source_string())
+    clf = _open_classifier(cfg, _normalization(args))
+    if args.labels is not None:
+        from .labels import read_labels
+
+        clf.labels = read_labels(args.labels)
     stop = StopFlag()
     restore = stop.install()
     try:
         with ExitStack() as stack:
             out = sys.stdout
-            if args.output is not None:
-                args.output.parent.mkdir(parents=True, exist_ok=True)
-                out = stack.enter_context(args.output.open("a", encoding="utf-8"))
-            summary = run(clf, source, out, args.max_frames, stop, args.threshold, args.loop)
+            if cfg.output.jsonl != "-":
+                path = Path(cfg.output.jsonl)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                out = stack.enter_context(path.open("a", encoding="utf-8"))
+            summary = run(clf, source, out, args.max_frames, stop, cfg.classify.threshold,
+                          cfg.camera.loop, cfg.camera)
     finally:
         restore()
     why = f"stopped by signal {stop.signal}" if stop.signal else "done"

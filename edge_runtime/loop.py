@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import IO
+from typing import IO, Any
 
 from .camera import Source, frames
 from .classify import Classifier
@@ -43,12 +43,13 @@ class StopFlag:
 
 def run(classifier: Classifier, source: Source, out: IO[str] = sys.stdout,
         max_frames: int | None = None, stop: StopFlag | None = None,
-        threshold: float = 0.0, loop: bool = False) -> dict[str, float]:
+        threshold: float = 0.0, loop: bool = False, camera: Any = None) -> dict[str, float]:
     """Classifies frames from ``source`` and writes one JSON line per frame to ``out``.
 
     Each line: ``{"time", "frame", "index", "label", "score", "inference_ms"}``; ``label``
     is null when the best score is below ``threshold``. Stops at the end of a file, after
     ``max_frames``, or when ``stop`` is set; ``loop`` replays a file from the start.
+    ``camera`` (:class:`edge_runtime.config.CameraSettings`) sets capture size, rate, flip.
 
     Returns:
         A summary: frames, seconds, fps, mean inference_ms.
@@ -57,7 +58,9 @@ def run(classifier: Classifier, source: Source, out: IO[str] = sys.stdout,
     t_start = time.perf_counter()
     count = 0
     total_invoke = 0.0
-    for n, frame in frames(source, loop=loop):
+    capture = {} if camera is None else {"flip": camera.flip, "width": camera.width,
+                                         "height": camera.height, "fps": camera.fps}
+    for n, frame in frames(source, loop=loop, **capture):
         if stop.event.is_set():
             break
         scores = classifier.scores(bgr_to_rgb(frame))

@@ -148,3 +148,18 @@ def test_benchmarks_write_report(exported):
     assert (report.parent / "results.csv").read_text().count("\n") == 3
     assert (report.parent / "latency_vs_accuracy.png").stat().st_size > 1000
     assert "| int8 | 1 |" in report.read_text()
+
+
+def test_camera_loop_from_profile(exported, sample, tmp_path):
+    profile = tmp_path / "dev.yaml"
+    profile.write_text(f"name: dev\nmodel:\n  path: {exported / 'model_int8.tflite'}\n"
+                       f"camera:\n  source: {sample / 'video.avi'}\n  flip: horizontal\n"
+                       "classify:\n  threshold: 0.99\n")
+    out = tmp_path / "out.jsonl"
+    r = run_cli("edge_runtime", "run", "--config", str(profile), "--max-frames", "7",
+                "--set", f"output.jsonl={out}")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 7
+    # Below the profile's threshold a frame's label is null, never a wrong guess.
+    assert all((row["label"] is None) == (row["score"] < 0.99) for row in rows)

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
     p.add_argument("--patience", type=_int_at_least(1), default=5, help="early-stopping patience")
     p.add_argument("--no-augment", action="store_true", help="disable training augmentation")
+    p.add_argument("--resize", choices=("center_crop", "stretch"), default="center_crop",
+                   help="how images (and later camera frames) are fitted to the input")
     p.add_argument("--seed", type=int, default=0, help="fixes split, init and shuffling")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     return p
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             img_size=args.img_size, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
             unfreeze=args.unfreeze, batch_size=args.batch_size,
             learning_rate=args.learning_rate, dropout=args.dropout, patience=args.patience,
-            augment=not args.no_augment, seed=args.seed, force=args.force)
+            augment=not args.no_augment, resize=args.resize, seed=args.seed, force=args.force)
         fine_tune(cfg)
     except EdgekitError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +43,8 @@ class TrainConfig:
         test_fraction: share of each class held out, never seen in training.
         patience: early-stopping patience in epochs.
         augment: random flips, rotation, zoom and contrast in training only.
+        resize: "center_crop" (keep the aspect ratio: crop the centre, then resize) or
+            "stretch"; recorded in the manifest so the runtime does the same to frames.
         seed: fixes the split, initialisation and shuffling.
         force: allow writing into an existing, non-empty run folder.
     """
@@ -61,6 +64,7 @@ class TrainConfig:
     test_fraction: float = 0.15
     patience: int = 5
     augment: bool = True
+    resize: str = "center_crop"
     seed: int = 0
     force: bool = False
 
@@ -71,6 +75,8 @@ class TrainConfig:
         if not 0 < self.val_fraction < 0.5 or not 0 < self.test_fraction < 0.5:
             raise EdgekitError("val and test fractions must be in (0, 0.5), got "
                                f"{self.val_fraction} and {self.test_fraction}")
+        if self.resize not in ("center_crop", "stretch"):
+            raise EdgekitError(f"resize {self.resize!r}, expected center_crop or stretch")
         if self.img_size < 32:
             raise EdgekitError(f"img_size {self.img_size} is too small (minimum 32)")
 
@@ -181,9 +187,9 @@ def fine_tune(cfg: TrainConfig) -> Path:
     out = _prepare_out(cfg)
     size = (cfg.img_size, cfg.img_size)
     t0 = time.time()
-    x_tr, y_tr, skip_tr = load_arrays(cfg.data, split.train, size)
-    x_va, y_va, skip_va = load_arrays(cfg.data, split.val, size)
-    x_te, y_te, skip_te = load_arrays(cfg.data, split.test, size)
+    x_tr, y_tr, skip_tr = load_arrays(cfg.data, split.train, size, cfg.resize)
+    x_va, y_va, skip_va = load_arrays(cfg.data, split.val, size, cfg.resize)
+    x_te, y_te, skip_te = load_arrays(cfg.data, split.test, size, cfg.resize)
     skipped = skip_tr + skip_va + skip_te
     for line in skipped:
         print(f"warning: skipped {line}", file=sys.stderr)
@@ -207,6 +213,7 @@ def fine_tune(cfg: TrainConfig) -> Path:
     ]
     train_ds = _dataset(x_tr, y_tr, cfg.batch_size, cfg.seed, True, cfg.augment)
     val_ds = _dataset(x_va, y_va, cfg.batch_size, cfg.seed, False, False)
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our dataset is shuffled
     t_train = time.time()
     hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
                      verbose=verbose).history
@@ -232,7 +239,7 @@ def fine_tune(cfg: TrainConfig) -> Path:
     write_labels(out / "labels.txt", classes)
     manifest = Manifest(
         labels=classes, input_size=size, color_order="RGB",
-        normalization=Normalization(0.0, 1.0), resize="stretch",
+        normalization=Normalization(0.0, 1.0), resize=cfg.resize,
         extra={
             "model": {"architecture": "MobileNetV2", "alpha": cfg.alpha,
                       "input_range": "0-255 RGB; scaled to [-1, 1] inside the model",

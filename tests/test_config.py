@@ -1,0 +1,66 @@
+"""Device profiles: every shipped profile loads; bad keys and values name file and field."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_runtime import EdgekitError
+from edge_runtime.config import load_config
+from tests.conftest import ROOT
+
+PROFILES = sorted((ROOT / "device_configs").glob("*.yaml"))
+
+
+def test_all_expected_profiles_exist():
+    names = {p.stem for p in PROFILES}
+    assert {"raspberry-pi-4", "raspberry-pi-5", "raspberry-pi-coral-usb", "jetson-nano",
+            "jetson-orin-nano", "desktop", "desktop-coral-usb"} <= names
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_profile_loads(path):
+    cfg = load_config(path, environ={})
+    assert cfg.name == path.stem
+    assert cfg.model.path.endswith(".tflite")
+    if cfg.model.delegate == "edgetpu":
+        assert cfg.model.fallback, "an Edge TPU profile needs a CPU fallback"
+
+
+def test_csi_pipeline_from_profile():
+    cfg = load_config(ROOT / "device_configs/jetson-nano.yaml", environ={})
+    src = cfg.camera.source_string()
+    assert src.startswith("nvarguscamerasrc sensor-id=0 sensor-mode=4")
+    assert "width=1280,height=720,framerate=30/1" in src and "flip-method=2" in src
+
+
+def test_precedence_set_over_env_over_file(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("model:\n  threads: 2\n  path: a.tflite\n")
+    assert load_config(f, environ={}).model.threads == 2
+    assert load_config(f, environ={"EDGEKIT_MODEL_THREADS": "3"}).model.threads == 3
+    cfg = load_config(f, ["model.threads=4"], environ={"EDGEKIT_MODEL_THREADS": "3"})
+    assert cfg.model.threads == 4 and cfg.model.path == "a.tflite"
+    assert load_config(None, environ={}).model.threads is None  # defaults
+
+
+@pytest.mark.parametrize("text,message", [
+    ("model:\n  thread: 2\n", "unknown key 'model.thread'"),
+    ("modle:\n  threads: 2\n", "unknown key 'modle'"),
+    ("model:\n  threads: two\n", "model.threads: expected an integer"),
+    ("model:\n  delegate: gpu\n", "delegate 'gpu'"),
+    ("camera:\n  flip: sideways\n", "flip 'sideways'"),
+    ("classify:\n  threshold: 2\n", "threshold 2.0"),
+    ("- just\n- a list\n", "expected a mapping"),
+    ("model: [\n", "not YAML"),
+])
+def test_bad_profiles_name_file_and_field(tmp_path, text, message):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(EdgekitError, match=r".*" + message.replace("(", r"\(").replace(
+            "[", r"\[") + r".*\[.*bad\.yaml\]"):
+        load_config(f, environ={})
+
+
+def test_bad_set_syntax():
+    with pytest.raises(EdgekitError, match="section.key=value"):
+        load_config(None, ["threads=2"], environ={})
