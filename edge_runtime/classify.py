@@ -18,6 +18,7 @@ from . import backend as _backend
 from .errors import EdgekitError
 from .labels import read_labels
 from .manifest import Manifest, Normalization, manifest_beside
+from .metadata import read_embedded_manifest
 from .preprocess import fit, load_image
 
 # TFLite quantizes softmax/logistic outputs with this fixed scale (uint8 zp 0, int8 -128).
@@ -207,8 +208,9 @@ def top_k(scores: np.ndarray, k: int, labels: dict[int, str] | None = None,
 class Classifier:
     """Classifies RGB images with a ``.tflite`` model.
 
-    Preprocessing and labels come from the manifest beside the model when present;
-    otherwise from ``labels`` and the model's own input tensor.
+    Preprocessing and labels come from the manifest beside the model when present, else
+    from the manifest embedded in the ``.tflite`` file, else from ``labels`` and the
+    model's own input tensor.
 
     Args:
         model_path: the ``.tflite`` file.
@@ -232,7 +234,13 @@ class Classifier:
         self.backend = _backend.backend()
         self.spec = input_spec(self.interpreter)
         self.num_classes = output_classes(self.interpreter)
-        self.manifest: Manifest | None = manifest_beside(self.model_path) if use_manifest else None
+        self.manifest: Manifest | None = None
+        if use_manifest:
+            self.manifest = manifest_beside(self.model_path)
+            if self.manifest is None:
+                embedded = read_embedded_manifest(self.model_path)
+                if embedded is not None:
+                    self.manifest = Manifest.from_dict(embedded, f"{self.model_path} metadata")
         if self.manifest is not None and (self.spec.height, self.spec.width) != \
                 tuple(self.manifest.input_size):
             raise EdgekitError(
