@@ -1,0 +1,98 @@
+"""TensorFlow's quantization debugger: which layers lose the most, and keeping them float."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import EdgekitError
+
+Representative = Callable[[], Iterable[list[np.ndarray]]]
+
+
+def _converter(saved_model: Path, representative: Representative):
+    import tensorflow as tf
+
+    c = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = representative
+    return c
+
+
+def layer_errors(saved_model: Path, representative: Representative, top: int = 5) -> list[dict]:
+    """The ``top`` layers by RMSE/scale (quantization error in units of one quantization step).
+
+    Returns:
+        Dicts with op, tensor (exact name for ``--float-layers``), short_name,
+        rmse_per_scale, best first.
+    """
+    import warnings
+
+    import tensorflow as tf
+
+    # The debugger runs models with tf.lite.Interpreter, which warns that it is deprecated.
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=_converter(saved_model, representative), debug_dataset=representative)
+    debugger.run()
+    buf = io.StringIO()
+    debugger.layer_statistics_dump(buf)
+    rows = []
+    for r in csv.DictReader(io.StringIO(buf.getvalue())):
+        scale = float(r["scale"] or 0)
+        if scale <= 0:
+            continue
+        name = r["tensor_name"]
+        rows.append({"op": r["op_name"], "tensor": name, "short_name": short_name(name),
+                     "rmse_per_scale": float(np.sqrt(float(r["mean_squared_error"])) / scale)})
+    rows.sort(key=lambda r: -r["rmse_per_scale"])
+    return rows[:top]
+
+
+def short_name(tensor: str) -> str:
+    """A readable name: the Keras layer and the op, e.g. ``block_3_project_BN/add_1``."""
+    parts = tensor.split(";")[0].split("/")
+    inner = [p for p in parts if p != parts[0]]
+    if len(inner) >= 2:
+        return f"{inner[0]}/{inner[-1]}"
+    return inner[0] if inner else tensor
+
+
+def resolve_layers(requested: list[str], known: list[str]) -> list[str]:
+    """Maps each requested name to one tensor: exact tensor name, exact short name, or a
+    substring of exactly one tensor name.
+
+    Raises:
+        EdgekitError: a name matches no tensor or several.
+    """
+    out = []
+    for name in requested:
+        if name in known:
+            out.append(name)
+            continue
+        hits = [k for k in known if short_name(k) == name] or [k for k in known if name in k]
+        if len(hits) != 1:
+            raise EdgekitError(
+                f"--float-layers {name!r} matches {len(hits)} tensors"
+                + (f" (e.g. {hits[:3]})" if hits else "; see convert_report.md for names"))
+        out.append(hits[0])
+    return out
+
+
+def selective_int8(saved_model: Path, representative: Representative,
+                   float_layers: list[str]) -> bytes:
+    """An int8 model with ``float_layers`` kept in float (int8 input and output)."""
+    import tensorflow as tf
+
+    known = [r["tensor"] for r in layer_errors(saved_model, representative, top=10_000)]
+    nodes = resolve_layers(float_layers, known)
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes,
+                                                            fully_quantize=True)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=_converter(saved_model, representative), debug_dataset=representative,
+        debug_options=options)
+    return debugger.get_nondebug_quantized_model()
