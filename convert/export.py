@@ -243,7 +243,10 @@ def export(target: str | Path, variants: list[str] | None = None, calib: int = 3
             print(f"{name}: converted in {seconds:.1f} s ({len(data_bytes) / 1024:.0f} KB)",
                   file=sys.stderr)
 
-        _exported_manifest(src, provenance, None).save(export_dir / "manifest.json")
+        beside = _exported_manifest(src, provenance, None)
+        beside.extra["variants"] = {k: {"file": v.name, "sha256": src.sha256_of(v)}
+                                    for k, v in models.items()}
+        beside.save(export_dir / "manifest.json")
         write_labels(export_dir / "labels.txt", src.manifest.labels)
 
         if reference is not None:

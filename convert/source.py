@@ -45,6 +45,11 @@ class Source:
             h.update(f.read_bytes())
         return h.hexdigest()
 
+    @staticmethod
+    def sha256_of(path: Path) -> str:
+        """sha256 of one file."""
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
     def test_arrays(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Held-out images through the runtime's preprocessing (empty without data)."""
         if self.split is None or self.data_root is None:

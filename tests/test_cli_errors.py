@@ -48,7 +48,7 @@ def test_train_missing_weights_file(sample, tmp_path):
 
 
 def test_convert_missing_run(tmp_path):
-    assert_one_clear_error(run_cli("convert", str(tmp_path / "nope")), "run folder not found")
+    assert_one_clear_error(run_cli("convert", str(tmp_path / "nope")), "not found", "nope")
 
 
 def test_convert_model_file_that_is_not_a_model(trained_run, tmp_path):

@@ -86,7 +86,7 @@ def test_int8_is_full_integer_and_agrees_with_float(exported):
 def test_exported_folder_is_self_describing(exported):
     m = load_manifest(exported / "manifest.json")
     assert m.labels == ["circle", "square", "star", "triangle"]
-    assert m.extra["provenance"]["source_model_sha256"]
+    assert m.extra["provenance"]["source_sha256"]
     assert set(m.extra["variants"]) == {"float32", "int8"}
     assert (exported / "labels.txt").read_text().split() == m.labels
 

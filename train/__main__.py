@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for ``python -m train``."""
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="folder with one subfolder per class")
+    p.add_argument("--data", required=True,
+                   help="class folders, train/val[/test] folders, a path,label CSV, a pixel "
+                        "CSV or a JSON Lines file")
     p.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME")
     p.add_argument("--weights", default="imagenet",
                    help="'imagenet' (downloads), 'none' (from scratch), or a local no-top .h5")
@@ -52,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="disable training augmentation")
     p.add_argument("--resize", choices=("center_crop", "stretch"), default="center_crop",
                    help="how images (and later camera frames) are fitted to the input")
+    p.add_argument("--no-class-weights", action="store_true",
+                   help="do not weight the loss by inverse class frequency")
+    p.add_argument("--min-per-class", type=_int_at_least(2), default=5,
+                   help="a class with fewer usable images is an error")
     p.add_argument("--seed", type=int, default=0, help="fixes split, init and shuffling")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     return p
@@ -69,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             img_size=args.img_size, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
             unfreeze=args.unfreeze, batch_size=args.batch_size,
             learning_rate=args.learning_rate, dropout=args.dropout, patience=args.patience,
-            augment=not args.no_augment, resize=args.resize, seed=args.seed, force=args.force)
+            augment=not args.no_augment, resize=args.resize,
+            class_weights=not args.no_class_weights, min_per_class=args.min_per_class,
+            seed=args.seed, force=args.force)
         fine_tune(cfg)
     except EdgekitError as e:
         print(f"error: {e}", file=sys.stderr)

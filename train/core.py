@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -19,7 +20,8 @@ from edge_runtime.fileio import write_json, write_text
 from edge_runtime.labels import write_labels
 from edge_runtime.manifest import Manifest, Normalization
 
-from .data import Split, load_arrays, scan, stratified_split
+from .data import Split, load_arrays
+from .prepare import class_weights, prepare
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class TrainConfig:
         augment: random flips, rotation, zoom and contrast in training only.
         resize: "center_crop" (keep the aspect ratio: crop the centre, then resize) or
             "stretch"; recorded in the manifest so the runtime does the same to frames.
+        class_weights: weight the loss by inverse class frequency (imbalanced data).
+        min_per_class: a class with fewer usable images is an error naming it.
         seed: fixes the split, initialisation and shuffling.
         force: allow writing into an existing, non-empty run folder.
     """
@@ -65,6 +69,8 @@ class TrainConfig:
     patience: int = 5
     augment: bool = True
     resize: str = "center_crop"
+    class_weights: bool = True
+    min_per_class: int = 5
     seed: int = 0
     force: bool = False
 
@@ -120,6 +126,14 @@ def evaluate_predictions(probs: np.ndarray, y: np.ndarray, classes: list[str]) -
         out["top5"] = float(np.mean([t in row for t, row in zip(y, top5)]))
     out["per_class"] = {c: float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None
                         for i, c in enumerate(classes)}
+    prf = {}
+    for i, c in enumerate(classes):
+        tp, pred_n, true_n = cm[i, i], cm[:, i].sum(), cm[i].sum()
+        p = float(tp / pred_n) if pred_n else 0.0
+        r = float(tp / true_n) if true_n else 0.0
+        prf[c] = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
+                  "support": int(true_n)}
+    out["per_class_metrics"] = prf
     out["confusion_matrix"] = cm.tolist()
     return out
 
@@ -146,6 +160,33 @@ def _plot_history(history: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * k + 2), max(3.5, 0.5 * k + 1.5)))
+    ax.imshow(cm, cmap="Blues")
+    if k <= 30:
+        ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(k), classes, fontsize=8)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Held-out confusion matrix")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _save_keras(model, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".keras", dir=path.parent)  # Keras wants the suffix
     os.close(fd)
@@ -157,15 +198,16 @@ def _save_keras(model, path: Path) -> None:
             os.unlink(tmp)
 
 
-def _prepare_out(cfg: TrainConfig) -> Path:
+def _prepare_out(cfg: TrainConfig) -> tuple[Path, bool]:
     out = Path(cfg.out)
+    created = not out.exists()
     if out.exists() and not out.is_dir():
         raise EdgekitError(f"run folder path is a file: {out}")
     if out.is_dir() and any(out.iterdir()) and not cfg.force:
         raise EdgekitError(f"run folder already exists and is not empty: {out} "
                            "(choose another --out, or pass --force to overwrite)")
     out.mkdir(parents=True, exist_ok=True)
-    return out
+    return out, created
 
 
 def fine_tune(cfg: TrainConfig) -> Path:
@@ -181,22 +223,29 @@ def fine_tune(cfg: TrainConfig) -> Path:
     Raises:
         EdgekitError: bad data, bad settings, or unusable weights.
     """
-    classes, files = scan(cfg.data)
-    split = stratified_split(cfg.data, classes, files, cfg.val_fraction, cfg.test_fraction,
-                             cfg.seed)
-    out = _prepare_out(cfg)
+    if not Path(cfg.data).exists():
+        raise EdgekitError(f"data folder not found: {cfg.data}")
+    out, created = _prepare_out(cfg)
+    try:
+        classes, split, root, data_report = prepare(
+            cfg.data, out, cfg.min_per_class, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    except EdgekitError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # leave no half-made run folder behind
+        raise
     size = (cfg.img_size, cfg.img_size)
     t0 = time.time()
-    x_tr, y_tr, skip_tr = load_arrays(cfg.data, split.train, size, cfg.resize)
-    x_va, y_va, skip_va = load_arrays(cfg.data, split.val, size, cfg.resize)
-    x_te, y_te, skip_te = load_arrays(cfg.data, split.test, size, cfg.resize)
+    x_tr, y_tr, skip_tr = load_arrays(root, split.train, size, cfg.resize)
+    x_va, y_va, skip_va = load_arrays(root, split.val, size, cfg.resize)
+    x_te, y_te, skip_te = load_arrays(root, split.test, size, cfg.resize)
     skipped = skip_tr + skip_va + skip_te
     for line in skipped:
         print(f"warning: skipped {line}", file=sys.stderr)
     if len(x_tr) == 0 or len(x_va) == 0 or len(x_te) == 0:
         raise EdgekitError(f"no decodable images left in a split of {cfg.data}")
-    print(f"data: {len(classes)} classes, train {len(x_tr)}, val {len(x_va)}, "
-          f"test {len(x_te)} images ({time.time() - t0:.1f} s to load)")
+    print(f"data ({data_report['layout']}): {len(classes)} classes, train {len(x_tr)}, "
+          f"val {len(x_va)}, test {len(x_te)} images; {len(data_report['rejected'])} files "
+          f"rejected, imbalance {data_report['imbalance_ratio']} ({time.time() - t0:.1f} s)")
 
     import keras
     import tensorflow as tf
@@ -210,20 +259,25 @@ def fine_tune(cfg: TrainConfig) -> Path:
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience,
                                       restore_best_weights=True),
         keras.callbacks.CSVLogger(str(out / "history.csv")),
+        keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "best.keras"),
+                                        monitor="val_accuracy", save_best_only=True),
+        keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False),
     ]
+    (out / "checkpoints").mkdir(exist_ok=True)
+    cw = class_weights(split, len(classes)) if cfg.class_weights else None
     train_ds = _dataset(x_tr, y_tr, cfg.batch_size, cfg.seed, True, cfg.augment)
     val_ds = _dataset(x_va, y_va, cfg.batch_size, cfg.seed, False, False)
     warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our dataset is shuffled
     t_train = time.time()
     hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
-                     verbose=verbose).history
+                     class_weight=cw, verbose=verbose).history
     if weights is not None and cfg.fine_tune_epochs > 0:
         _unfreeze_top(base, cfg.unfreeze)
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate / 10),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         callbacks[1] = keras.callbacks.CSVLogger(str(out / "history.csv"), append=True)
         more = model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs,
-                         callbacks=callbacks, verbose=verbose).history
+                         callbacks=callbacks, class_weight=cw, verbose=verbose).history
         hist = {k: hist.get(k, []) + more.get(k, []) for k in set(hist) | set(more)}
     if weights is None:
         from .model import recalibrate_batchnorm
@@ -244,7 +298,7 @@ def fine_tune(cfg: TrainConfig) -> Path:
             "model": {"architecture": "MobileNetV2", "alpha": cfg.alpha,
                       "input_range": "0-255 RGB; scaled to [-1, 1] inside the model",
                       "weights": cfg.weights},
-            "data": {"root": str(Path(cfg.data).resolve()), "split": Split.to_dict(split),
+            "data": {"root": str(root.resolve()), "split": Split.to_dict(split),
                      "skipped": skipped},
             "training": asdict(cfg) | {"seconds": round(train_seconds, 1)},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -253,10 +307,12 @@ def fine_tune(cfg: TrainConfig) -> Path:
     manifest.save(out / "manifest.json")
     write_json(out / "metrics.json", {"test": test, "val": {"top1": val["top1"]},
                                       "epochs_run": len(hist.get("loss", [])),
+                                      "class_weights": cw,
                                       "train_seconds": round(train_seconds, 1)})
     write_text(out / "metrics_summary.txt",
                f"test top1 {test['top1']:.4f} on {test['count']} held-out images\n")
     _plot_history(hist, out / "training_curves.png")
+    _plot_confusion(np.asarray(test["confusion_matrix"]), classes, out / "confusion_matrix.png")
     print(f"test top-1 {test['top1']:.4f} on {test['count']} held-out images; "
           f"trained in {train_seconds:.0f} s; wrote {out}")
     return out
