@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not weight the loss by inverse class frequency")
     p.add_argument("--min-per-class", type=_int_at_least(2), default=5,
                    help="a class with fewer usable images is an error")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning-rate schedule")
+    p.add_argument("--warmup-epochs", type=_int_at_least(0), default=0,
+                   help="linear learning-rate warm-up epochs")
+    p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
+                   default="default", help="tf.distribute strategy (multiworker reads TF_CONFIG)")
     p.add_argument("--seed", type=int, default=0, help="fixes split, init and shuffling")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     return p
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             learning_rate=args.learning_rate, dropout=args.dropout, patience=args.patience,
             augment=not args.no_augment, resize=args.resize,
             class_weights=not args.no_class_weights, min_per_class=args.min_per_class,
-            seed=args.seed, force=args.force)
+            lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
+            strategy=args.strategy, seed=args.seed, force=args.force)
         fine_tune(cfg)
     except EdgekitError as e:
         print(f"error: {e}", file=sys.stderr)

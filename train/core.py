@@ -49,6 +49,10 @@ class TrainConfig:
             "stretch"; recorded in the manifest so the runtime does the same to frames.
         class_weights: weight the loss by inverse class frequency (imbalanced data).
         min_per_class: a class with fewer usable images is an error naming it.
+        lr_schedule: "constant" or "cosine" (cosine decay to 0 over the run).
+        warmup_epochs: linear learning-rate warm-up before the schedule.
+        strategy: "default", "mirrored" (all local GPUs) or "multiworker" (TF_CONFIG);
+            mixed precision is used whenever a GPU is present.
         seed: fixes the split, initialisation and shuffling.
         force: allow writing into an existing, non-empty run folder.
     """
@@ -71,6 +75,9 @@ class TrainConfig:
     resize: str = "center_crop"
     class_weights: bool = True
     min_per_class: int = 5
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    strategy: str = "default"
     seed: int = 0
     force: bool = False
 
@@ -81,6 +88,11 @@ class TrainConfig:
         if not 0 < self.val_fraction < 0.5 or not 0 < self.test_fraction < 0.5:
             raise EdgekitError("val and test fractions must be in (0, 0.5), got "
                                f"{self.val_fraction} and {self.test_fraction}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise EdgekitError(f"lr_schedule {self.lr_schedule!r}, expected constant or cosine")
+        if self.strategy not in ("default", "mirrored", "multiworker"):
+            raise EdgekitError(f"strategy {self.strategy!r}, expected default, mirrored or "
+                               "multiworker")
         if self.resize not in ("center_crop", "stretch"):
             raise EdgekitError(f"resize {self.resize!r}, expected center_crop or stretch")
         if self.img_size < 32:
@@ -253,7 +265,9 @@ def fine_tune(cfg: TrainConfig) -> Path:
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same model
     weights = None if cfg.weights.lower() == "none" else cfg.weights
-    model, base = build_and_compile(cfg, len(classes), weights)
+    steps = max(1, -(-len(x_tr) // cfg.batch_size))
+    with distribution_strategy(cfg.strategy).scope():
+        model, base = build_and_compile(cfg, len(classes), weights, steps)
     verbose = 1 if sys.stdout.isatty() else 2
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience,
@@ -273,7 +287,8 @@ def fine_tune(cfg: TrainConfig) -> Path:
                      class_weight=cw, verbose=verbose).history
     if weights is not None and cfg.fine_tune_epochs > 0:
         _unfreeze_top(base, cfg.unfreeze)
-        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate / 10),
+        lr = _learning_rate(cfg, steps, cfg.learning_rate / 10, cfg.fine_tune_epochs)
+        model.compile(optimizer=keras.optimizers.Adam(lr),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         callbacks[1] = keras.callbacks.CSVLogger(str(out / "history.csv"), append=True)
         more = model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs,
@@ -318,14 +333,47 @@ def fine_tune(cfg: TrainConfig) -> Path:
     return out
 
 
-def build_and_compile(cfg: TrainConfig, num_classes: int, weights: str | None):
+def _learning_rate(cfg: TrainConfig, steps_per_epoch: int, base_lr: float, epochs: int):
+    import keras
+
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if cfg.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else base_lr, decay_steps=max(1, epochs * steps_per_epoch - warmup),
+            warmup_target=base_lr if warmup else None, warmup_steps=warmup)
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=1, alpha=1.0, warmup_target=base_lr, warmup_steps=warmup)
+    return base_lr
+
+
+def distribution_strategy(name: str):
+    """The tf.distribute strategy for ``name``; enables mixed precision on a GPU."""
+    import keras
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise EdgekitError("--strategy multiworker needs the TF_CONFIG environment variable "
+                               "describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_and_compile(cfg: TrainConfig, num_classes: int, weights: str | None,
+                      steps_per_epoch: int = 1):
     """Builds the model for ``cfg`` and compiles it for head training."""
     import keras
 
     from .model import build_model
 
     model, base = build_model(num_classes, cfg.alpha, cfg.img_size, weights, cfg.dropout)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+    lr = _learning_rate(cfg, steps_per_epoch, cfg.learning_rate, cfg.epochs)
+    model.compile(optimizer=keras.optimizers.Adam(lr),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model, base
 
