@@ -325,7 +325,7 @@ def lint_model(path: str | Path) -> LintReport:
     placed = []
     for op, problems in zip(ops, status):
         reason = ("float/int conversion at the model boundary" if problems is None else
-                  first.reason if op.index == end else f"after op {end}" if first else "")
+                  first.reason if op.index == end else f"after op {end}" if op.index > end else "")
         placed.append(OpPlacement(op.index, op.name, "cpu" if reason else "edgetpu", reason))
     errors = [f for f in findings if f.severity == "error"]
     fix = "; ".join(dict.fromkeys(f.fix for f in errors if f.fix)) or None

@@ -153,7 +153,12 @@ def _edgetpu(int8_path: Path, export_dir: Path, row: dict) -> Path | None:
 
     lint = edgetpu.lint_model(int8_path)
     row["lint"] = edgetpu.lint_summary(lint)
-    result = edgetpu.compile_edgetpu(int8_path, export_dir)
+    try:
+        result = edgetpu.compile_edgetpu(int8_path, export_dir)
+    except EdgekitError as e:  # the other variants are fine; report the failure, don't lose them
+        print(f"edgetpu: {e}", file=sys.stderr)
+        row["status"] = f"failed: {e}"
+        return None
     if not result.available:
         print(f"edgetpu: skipped: {result.message}", file=sys.stderr)
         row["status"] = "skipped: edgetpu_compiler not installed"
@@ -290,6 +295,8 @@ def export(target: str | Path, variants: list[str] | None = None, calib: int = 3
                 if cpu_ops and not allow_cpu_fallback and failed is None:
                     failed = (f"{cpu_ops} op(s) of the Edge TPU model run on the CPU (see "
                               "convert_report.md); pass --allow-cpu-fallback to accept")
+            if row.get("status", "").startswith("failed") and failed is None:
+                failed = f"Edge TPU compilation {row['status']}"
             rows["edgetpu"] = row
     finally:
         shutil.rmtree(work, ignore_errors=True)

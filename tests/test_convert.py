@@ -99,3 +99,26 @@ def test_external_keras_model_with_data(trained_run, sample, tmp_path):
     f32 = r.report["variants"]["float32"]
     assert r.report["origin"] == "external" and f32["agreement"] >= 0.99
     assert r.report["test_images"] == 120  # half of the 240 images, stratified
+
+
+def test_edgetpu_variant_lints_and_compiles_or_says_why(trained_run, tmp_path):
+    import shutil as sh
+
+    from convert.export import export
+
+    r = export(trained_run, ["edgetpu"], calib=20, out=tmp_path / "tpu")
+    row = r.report["variants"]["edgetpu"]
+    assert "int8" in r.report["variants"]  # the Edge TPU model is compiled from int8
+    assert row["lint"]["ok"] and row["lint"]["cpu_ops"] == 0
+    if sh.which("edgetpu_compiler") is None:
+        assert row["status"] == "skipped: edgetpu_compiler not installed"
+        assert "apt install edgetpu-compiler" in row["message"] and r.failed is None
+    else:
+        assert row["status"] == "compiled" and (tmp_path / "tpu").glob("*_edgetpu.tflite")
+
+
+def test_lint_cli_is_wired(exported):
+    ok = run_cli("convert", "lint", str(exported / "model_int8.tflite"))
+    assert ok.returncode == 0 and "PASS" in ok.stdout
+    bad = run_cli("convert", "lint", str(exported / "model_float32.tflite"))
+    assert bad.returncode == 1 and "FAIL: op 0" in bad.stdout
