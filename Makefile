@@ -42,6 +42,7 @@ demo: setup $(SAMPLE)/video.avi ## whole pipeline on built-in sample data: train
 	@echo "      Training curves: $(DEMO)/training_curves.png  Conversion: $(DEMO)/export/convert_report.json"
 
 test: setup ## run the test suite
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || echo "chromium not installed: the live-page browser test will be skipped"
 	$(PY) -m pytest -q tests
 
 train: setup ## train: make train DATA=photos/ RUN=runs/NAME [ARGS="--epochs 20"]
@@ -56,10 +57,38 @@ convert: setup ## convert a run to TFLite: make convert RUN=runs/NAME
 bench: setup ## benchmark a run's models: make bench RUN=runs/NAME (default runs/demo)
 	$(PY) -m benchmarks $(or $(RUN),$(DEMO)) $(ARGS)
 
+.PHONY: bench-validate
+bench-validate: setup ## harness vs ai-edge-litert's benchmark tool: [MODEL=m.tflite] [THREADS=1]
+	$(PY) -m benchmarks validate $(or $(MODEL),$(DEMO)/export/model_int8.tflite) --threads $(or $(THREADS),1) $(ARGS)
+
+# (alpha, img-size) points for the latency-vs-accuracy sweep; each gets runs/sweep-A-S.
+SWEEP ?= 0.35-96 0.5-128 0.75-160 1.0-224
+.PHONY: sweep
+sweep: setup ## train+convert+bench several MobileNetV2 sizes: make sweep DATA=photos/ [ARGS=...]
+	$(call require,DATA,make sweep DATA=path/to/class_folders)
+	@set -e; for p in $(SWEEP); do a=$${p%-*}; s=$${p#*-}; r=runs/sweep-$$a-$$s; \
+	  $(PY) -m train --data $(DATA) --out $$r --alpha $$a --img-size $$s --force $(ARGS); \
+	  $(PY) -m convert $$r --variants float32,int8; \
+	  $(PY) -m benchmarks $$r; done
+	$(PY) -m benchmarks report $(foreach p,$(SWEEP),runs/sweep-$(p)/bench) --out runs/sweep-report
+
 run: setup ## camera loop: make run MODEL=m.tflite SOURCE=0|/dev/video0|file|url
 	$(call require,MODEL,make run MODEL=path/to/model.tflite SOURCE=0)
 	$(call require,SOURCE,make run MODEL=path/to/model.tflite SOURCE=0)
 	$(PY) -m edge_runtime run --model $(MODEL) --source '$(SOURCE)' $(ARGS)
+
+# Renders deploy/edgekit.service for a profile into $(UNIT_DIR) and enables it (run as root).
+UNIT_DIR ?= /etc/systemd/system
+SERVICE_USER ?= edgekit
+.PHONY: install-service
+install-service: setup ## systemd service: make install-service CONFIG=device_configs/NAME.yaml [SERVICE_USER=pi]
+	$(call require,CONFIG,make install-service CONFIG=device_configs/NAME.yaml)
+	$(PY) -m edge_runtime unit --config $(CONFIG) --user $(SERVICE_USER) --python $(abspath $(PY)) > $(UNIT_DIR)/edgekit.service.tmp
+	mv $(UNIT_DIR)/edgekit.service.tmp $(UNIT_DIR)/edgekit.service
+	@getent group plugdev >/dev/null || groupadd --system plugdev
+	@id -u $(SERVICE_USER) >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin --groups video,plugdev $(SERVICE_USER)
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemctl enable edgekit.service; fi
+	@echo "Installed $(UNIT_DIR)/edgekit.service. Start: sudo systemctl start edgekit  Logs: journalctl -u edgekit -f"
 
 lint: setup ## ruff
 	$(PY) -m ruff check edge_runtime train convert benchmarks tests

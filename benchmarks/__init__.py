@@ -1,5 +1,6 @@
-"""Benchmarks: latency against accuracy for every exported variant (``python -m benchmarks``)."""
+"""Benchmarks: latency, memory, accuracy and the camera pipeline for every exported variant
+(``python -m benchmarks``); results schema in ``benchmarks/SCHEMA.md``."""
 
-from .core import run
+from .core import benchmark, run
 
-__all__ = ["run"]
+__all__ = ["benchmark", "run"]

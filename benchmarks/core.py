@@ -1,4 +1,11 @@
-"""Benchmarks every exported variant of a run: latency per thread count and accuracy."""
+"""Benchmarks every exported variant of a run: latency per thread count and accelerator,
+memory, accuracy, the end-to-end camera pipeline and the environment, in one results file.
+
+Layout of the work: each (variant, threads) latency row runs in a fresh worker process
+(:mod:`benchmarks.worker`) so its peak RSS is its own; accuracy (once per variant, on the
+held-out split) and the end-to-end run (once per variant, at the most threads) run in
+this process. See ``benchmarks/SCHEMA.md`` for every field written.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +13,21 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+from edge_runtime.backend import is_edgetpu_model
 from edge_runtime.errors import EdgekitError
-from edge_runtime.preprocess import load_image
+from edge_runtime.preprocess import ImageError, load_image
 from train.data import load_run
 
-from .measure import environment, measure_accuracy, measure_latency
+from .analysis import SCHEMA_VERSION, compare, load_results
+from .environment import device_label, environment, environment_warnings, thermal_snapshot
+from .measure import measure_accuracy, sha256
 from .report import write_all
+from .worker import measure_row
 
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = SCHEMA_VERSION
+VIDEO_NAMES = ("video.avi", "video.mp4", "video.mkv")
 
 
 def find_variants(export_dir: Path) -> dict[str, Path]:
@@ -22,16 +35,70 @@ def find_variants(export_dir: Path) -> dict[str, Path]:
     return {p.stem.removeprefix("model_"): p for p in sorted(export_dir.glob("model_*.tflite"))}
 
 
-def run(run_dir: str | Path, variants: list[str] | None = None,
-        threads: list[int] | None = None, runs: int = 100, warmup: int = 10,
-        min_seconds: float = 0.0) -> Path:
-    """Measures each variant and writes ``run_dir/bench/``; returns the report path.
+def find_video(data_root: Path) -> Path | None:
+    """A video beside the run's data (``DATA/../video.avi`` as ``train.sample_data`` writes
+    it, or ``DATA/video.avi``), else None."""
+    for folder in (data_root.parent, data_root):
+        for name in VIDEO_NAMES:
+            if (folder / name).is_file():
+                return folder / name
+    return None
 
-    Rows (``results.json``): variant, threads, backend, latency_ms {mean, std, min, p50,
-    p90, p99, max}, pipeline_ms, load_ms, first_ms, throughput_fps, top1 (top5), size_bytes.
+
+def _resolve_video(video: str | Path | None, data_root: Path) -> str | None:
+    """``"auto"``: :func:`find_video`; None / ``"none"``: no end-to-end run; else a source.
 
     Raises:
-        EdgekitError: no exported models, unknown variant or unreadable run.
+        EdgekitError: a file source that does not exist.
+    """
+    if video is None or str(video).lower() in ("", "none"):
+        return None
+    if str(video).lower() == "auto":
+        found = find_video(data_root)
+        return str(found) if found else None
+    from edge_runtime.camera import parse_source
+
+    parse_source(str(video))  # a missing file fails here, before anything is measured
+    return str(video)
+
+
+def _say(msg: str) -> None:
+    """A progress message on stderr."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def benchmark(run_dir: str | Path, variants: list[str] | None = None,
+              threads: list[int] | None = None, runs: int = 100, warmup: int = 10,
+              min_seconds: float = 0.0, *, video: str | Path | None = None,
+              video_frames: int = 60, video_fps: float | None = None, isolate: bool = True,
+              device_name: str | None = None, edgetpu_device: str | None = None,
+              compare_to: str | Path | None = None, tolerance: float = 0.10,
+              accuracy_tolerance: float = 0.01, show_progress: bool = True
+              ) -> tuple[Path, dict[str, Any]]:
+    """Measures each variant, writes ``run_dir/bench/`` and returns (report path, results).
+
+    Args:
+        run_dir: a training run folder with an ``export/`` folder.
+        variants: variant names (default: every ``export/model_*.tflite``).
+        threads: interpreter thread counts (default: 1 and all cores).
+        runs: timed ``invoke()`` runs per row (at least).
+        warmup: untimed runs after the first inference.
+        min_seconds: keep timing each row until at least this long has passed.
+        video: end-to-end source: a file, camera index or URL; ``"auto"`` finds the video
+            beside the run's data; None skips the end-to-end measurement.
+        video_frames: frames of ``video`` to use (0: all).
+        video_fps: pace a video file at this rate (None: its own rate; 0: unpaced).
+        isolate: one worker process per row (peak RSS per row); False measures in-process.
+        device_name: label for this machine in reports (default: board or CPU).
+        edgetpu_device: Edge TPU device string for Edge TPU-compiled variants ("usb:0").
+        compare_to: a reference results file; regressions go into ``comparison``.
+        tolerance: relative latency / fps tolerance for the comparison.
+        accuracy_tolerance: absolute top-1 tolerance for the comparison.
+        show_progress: draw the accuracy progress bar.
+
+    Raises:
+        EdgekitError: no exported models, unknown variant, unreadable run or reference,
+            missing video file, or a CPU model that cannot be measured.
     """
     run_path = Path(run_dir)
     manifest, split, root = load_run(run_path)
@@ -44,28 +111,105 @@ def run(run_dir: str | Path, variants: list[str] | None = None,
         if missing:
             raise EdgekitError(f"variant(s) {missing} not exported; found {sorted(found)}")
         found = {v: found[v] for v in variants}
+    if runs < 1 or warmup < 0 or min_seconds < 0:
+        raise EdgekitError(f"runs must be >= 1, warmup and min_seconds >= 0; got {runs}, "
+                           f"{warmup} and {min_seconds}")
+    reference = load_results(compare_to) if compare_to else None
+    source = _resolve_video(video, root)
     cores = os.cpu_count() or 1
     threads = sorted(set(threads or [1, cores]))
     test_files = [(root / rel, ci) for rel, ci in split.test]
-    image = load_image(test_files[0][0])
+    image_path = _first_readable(test_files)
     env = environment()
-    warnings = []
-    if env.get("governor") and env["governor"] != "performance":
-        warnings.append(f"CPU governor is '{env['governor']}', not 'performance': latency "
-                        "may vary with frequency scaling")
-    rows = []
+    device = device_name or device_label(env)
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for name, path in found.items():
-        print(f"{name}: accuracy on {len(test_files)} held-out images ...", file=sys.stderr)
-        acc = measure_accuracy(path, test_files)
-        for t in threads:
-            print(f"{name}: latency with {t} thread(s), {runs} runs ...", file=sys.stderr)
-            lat = measure_latency(path, t, image, runs, warmup, min_seconds)
-            rows.append({"variant": name, "threads": t, **lat, **acc,
-                         "size_bytes": path.stat().st_size})
-    results = {"schema_version": RESULTS_SCHEMA_VERSION, "run": str(run_path),
-               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "environment": env, "test_images": len(test_files),
-               "settings": {"runs": runs, "warmup": warmup, "min_seconds": min_seconds,
-                            "threads": threads},
-               "warnings": warnings, "rows": rows}
-    return write_all(results, run_path / "bench")
+        accel = "edgetpu" if is_edgetpu_model(path) else "cpu"
+        tpu: bool | str = (edgetpu_device or True) if accel == "edgetpu" else False
+        try:
+            vrows = _measure_variant(name, path, accel, tpu, threads, test_files, image_path,
+                                     runs, warmup, min_seconds, isolate, show_progress)
+            if source:
+                _say(f"{name}: end to end over {source} ({threads[-1]} thread(s)) ...")
+                from .endtoend import measure_end_to_end
+
+                vrows[-1]["end_to_end"] = measure_end_to_end(
+                    path, source, threads[-1], video_frames or None, video_fps, tpu)
+        except EdgekitError as e:
+            if accel != "edgetpu":
+                raise
+            skipped.append(f"{name}: skipped, the Edge TPU could not be used: {e}")
+            continue
+        sha = sha256(path)
+        for r in vrows:
+            r.update({"device": device, "model_file": path.name, "model_sha256": sha,
+                      "size_bytes": path.stat().st_size})
+            r.setdefault("end_to_end", None)
+        rows += vrows
+    end = thermal_snapshot()
+    warnings = environment_warnings(env, end) + skipped
+    for w in warnings:
+        _say(f"warning: {w}")
+    results: dict[str, Any] = {
+        "schema_version": RESULTS_SCHEMA_VERSION, "kind": "single", "run": str(run_path),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device, "environment": env, "end": end, "test_images": len(test_files),
+        "settings": {"runs": runs, "warmup": warmup, "min_seconds": min_seconds,
+                     "threads": threads, "isolate": isolate, "video": source,
+                     "video_frames": video_frames, "video_fps": video_fps},
+        "warnings": warnings, "rows": rows}
+    if reference is not None:
+        results["comparison"] = compare(results, reference, tolerance, accuracy_tolerance)
+    return write_all(results, run_path / "bench"), results
+
+
+def _first_readable(files: list[tuple[Path, int]]) -> Path:
+    """The first held-out image that decodes (the latency rows' input).
+
+    Raises:
+        EdgekitError: none does.
+    """
+    for path, _ in files:
+        try:
+            load_image(path)
+            return path
+        except ImageError:
+            continue
+    raise EdgekitError("no readable image in the run's held-out split")
+
+
+def _measure_variant(name: str, path: Path, accel: str, tpu: bool | str, threads: list[int],
+                     test_files: list[tuple[Path, int]], image_path: Path, runs: int,
+                     warmup: int, min_seconds: float, isolate: bool, show_progress: bool
+                     ) -> list[dict[str, Any]]:
+    """Accuracy once, then one latency row per thread count."""
+    _say(f"{name}: accuracy on {len(test_files)} held-out images ({accel}) ...")
+    acc = measure_accuracy(path, test_files, threads=threads[-1], edgetpu=tpu,
+                           show_progress=show_progress, desc=f"{name} top-1")
+    rows = []
+    for t in threads:
+        _say(f"{name}: latency with {t} thread(s) on {accel}, {runs} runs ...")
+        spec = {"model": str(path), "threads": t, "edgetpu": tpu, "runs": runs,
+                "warmup": warmup, "min_seconds": min_seconds, "image": str(image_path)}
+        lat = measure_row(spec, isolate)
+        rows.append({"variant": name, "threads": t, "accelerator": accel,
+                     "delegate": "edgetpu" if accel == "edgetpu" else "cpu-default",
+                     **lat, **acc})
+    return rows
+
+
+def run(run_dir: str | Path, variants: list[str] | None = None,
+        threads: list[int] | None = None, runs: int = 100, warmup: int = 10,
+        min_seconds: float = 0.0, **options: Any) -> Path:
+    """Measures each variant and writes ``run_dir/bench/``; returns the report path.
+
+    Rows (``results.json``): variant, threads, accelerator, backend, latency_ms {mean,
+    std, min, p50, p90, p99, max}, pipeline_ms, load_ms, first_ms, throughput_fps, top1
+    (top5), size_bytes, rss_*, end_to_end; see ``benchmarks/SCHEMA.md``. ``options`` are
+    :func:`benchmark`'s keyword arguments (no end-to-end run unless ``video`` is given).
+
+    Raises:
+        EdgekitError: no exported models, unknown variant or unreadable run.
+    """
+    return benchmark(run_dir, variants, threads, runs, warmup, min_seconds, **options)[0]

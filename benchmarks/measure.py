@@ -1,38 +1,90 @@
-"""Latency and accuracy measurement over edge_runtime; runs on a device without TensorFlow."""
+"""Latency, accuracy and memory measurement over edge_runtime; runs on a device without
+TensorFlow or matplotlib."""
 
 from __future__ import annotations
 
-import os
-import platform
+import hashlib
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_runtime.classify import Classifier
 from edge_runtime.preprocess import ImageError, load_image
 
+from .progress import progress
+
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
-    """mean, std, min, p50, p90, p99 and max of a list of milliseconds."""
+    """mean, std (population), min, p50, p90, p99 and max of a list of milliseconds.
+
+    Percentiles interpolate linearly between the closest ranks (numpy's default).
+
+    Raises:
+        ValueError: an empty list.
+    """
+    if len(samples_ms) == 0:
+        raise ValueError("percentiles of an empty sample")
     a = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
     return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()),
-            "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+            "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(a.max())}
 
 
-def measure_latency(model: str | Path, threads: int, image: np.ndarray, runs: int = 100,
-                    warmup: int = 10, min_seconds: float = 0.0) -> dict:
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set size so far (``VmHWM``; ``ru_maxrss`` elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (identifies the exact model a row was measured with)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def measure_latency(model: str | Path, threads: int | None, image: np.ndarray, runs: int = 100,
+                    warmup: int = 10, min_seconds: float = 0.0,
+                    edgetpu: bool | str = False) -> dict[str, Any]:
     """Times ``invoke()`` on a real preprocessed image; warm-up runs are excluded.
 
-    Also times the whole per-image path (resize + quantize + invoke + dequantize) as
-    ``pipeline_ms``, since that is what a camera loop pays.
+    The input tensor is written once (by the first inference) and every timed run is a
+    bare ``invoke()``, as in LiteRT's own benchmark tool. The whole per-image path
+    (resize + quantize + invoke + dequantize) is timed separately as ``pipeline_ms``,
+    since that is what a camera loop pays.
+
+    Args:
+        model: the ``.tflite`` file.
+        threads: interpreter threads.
+        image: an RGB image of any size.
+        runs: timed runs (at least).
+        warmup: untimed runs after the first inference.
+        min_seconds: keep timing until at least this long has passed.
+        edgetpu: run on the Edge TPU delegate (True or a device string).
 
     Returns:
         A row: load_ms, first_ms, latency_ms {mean, std, min, p50, p90, p99, max},
-        pipeline_ms {...}, runs, throughput_fps.
+        pipeline_ms {...}, runs, warmup, throughput_fps, backend.
+
+    Raises:
+        EdgekitError: the model cannot be loaded (or the Edge TPU delegate does not load).
     """
-    clf = Classifier(model, threads=threads)
+    clf = Classifier(model, threads=threads, edgetpu=edgetpu)
     interp = clf.interpreter
     t0 = time.perf_counter()
     clf.scores(image)
@@ -53,54 +105,51 @@ def measure_latency(model: str | Path, threads: int, image: np.ndarray, runs: in
     lat = percentiles(samples)
     return {"load_ms": round(clf.load_ms, 3), "first_ms": round(first_ms, 3),
             "latency_ms": lat, "pipeline_ms": percentiles(pipeline), "runs": len(samples),
+            "warmup": warmup,
             "throughput_fps": 1000.0 / lat["mean"] if lat["mean"] > 0 else 0.0,
             "backend": f"{clf.backend.name} {clf.backend.version}"}
 
 
-def measure_accuracy(model: str | Path, files: list[tuple[Path, int]], threads: int | None = None
-                     ) -> dict:
-    """Top-1 (and top-5 when >= 5 classes) through the runtime's own preprocessing."""
-    clf = Classifier(model, threads=threads)
-    hits1 = hits5 = n = 0
-    for path, label in files:
+def measure_accuracy(model: str | Path, files: list[tuple[Path, int]], threads: int | None = None,
+                     edgetpu: bool | str = False, show_progress: bool = True,
+                     desc: str = "accuracy") -> dict[str, Any]:
+    """Top-1 (and top-5 when >= 5 classes) through the runtime's own preprocessing.
+
+    Args:
+        model: the ``.tflite`` file.
+        files: ``(image path, true class index)`` pairs, e.g. the held-out split.
+        threads: interpreter threads.
+        edgetpu: run on the Edge TPU delegate.
+        show_progress: draw a progress bar on stderr.
+        desc: the progress bar's label.
+
+    Returns:
+        ``{"top1", "images"}`` plus ``"top5"`` for models with at least 5 classes, and
+        ``"unreadable"`` when some images could not be decoded (they are not counted).
+    """
+    clf = Classifier(model, threads=threads, edgetpu=edgetpu)
+    hits1 = hits5 = n = bad = 0
+    items = progress(files, len(files), desc) if show_progress else files
+    for path, label in items:
         try:
             scores = clf.scores(load_image(path))
         except ImageError:
+            bad += 1
             continue
         order = np.argsort(-scores)
         hits1 += int(order[0] == label)
         hits5 += int(label in order[:5])
         n += 1
-    out = {"top1": hits1 / n if n else 0.0, "images": n}
+    out: dict[str, Any] = {"top1": hits1 / n if n else 0.0, "images": n}
     if clf.num_classes >= 5:
         out["top5"] = hits5 / n if n else 0.0
+    if bad:
+        out["unreadable"] = bad
     return out
 
 
-def environment() -> dict:
-    """What the numbers were measured on (read where readable, else null)."""
-    def read(path: str) -> str | None:
-        try:
-            return Path(path).read_text(errors="replace").strip("\x00\n ")
-        except OSError:
-            return None
+def environment() -> dict[str, Any]:
+    """Kept for callers of the old API; see :func:`benchmarks.environment.environment`."""
+    from .environment import environment as _environment
 
-    cpu = None
-    info = read("/proc/cpuinfo") or ""
-    for line in info.splitlines():
-        if line.lower().startswith(("model name", "hardware", "cpu model")):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    temp = read("/sys/class/thermal/thermal_zone0/temp")
-    from edge_runtime.backend import backend
-
-    b = backend()
-    return {
-        "machine": platform.machine(), "os": platform.platform(),
-        "python": platform.python_version(), "cpu": cpu or platform.processor() or None,
-        "cores": os.cpu_count(),
-        "governor": read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "board": read("/proc/device-tree/model"),
-        "temperature_c": round(int(temp) / 1000, 1) if temp and temp.isdigit() else None,
-        "interpreter": f"{b.name} {b.version}",
-    }
+    return _environment()

@@ -1,0 +1,141 @@
+"""Plots for the report; matplotlib is imported only here, only when a plot is drawn, so the
+measuring part works on a device without it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .analysis import accelerator, mark_pareto
+
+
+def _pyplot() -> Any | None:
+    """matplotlib.pyplot with the Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _save(fig: Any, plt: Any, path: Path) -> None:
+    """Saves a figure atomically (temporary file beside ``path``, then rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _label(r: dict[str, Any], with_device: bool) -> str:
+    """A point's label: variant/threads[/accelerator], with the device when merged."""
+    acc = accelerator(r)
+    text = f"{r['variant']}/{r['threads']}t" + ("" if acc == "cpu" else f"/{acc}")
+    return f"{r['device']}: {text}" if with_device and r.get("device") else text
+
+
+def pareto_plot(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Latency p50 vs top-1, marker area ~ model size, non-dominated rows highlighted.
+
+    With several devices the front is computed per device and each device has a colour.
+
+    Returns:
+        False when matplotlib is missing or no row has a top-1 (nothing is written).
+    """
+    rows = [r for r in rows if isinstance(r.get("top1"), (int, float))]
+    plt = _pyplot()
+    if plt is None or not rows:
+        return False
+    front = mark_pareto(rows)
+    devices = list(dict.fromkeys(r.get("device") for r in rows))
+    several = len(devices) > 1
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    biggest = max(r["size_bytes"] for r in rows) or 1
+    fig, ax = plt.subplots(figsize=(8, 5))
+    n_labels = 0
+    for d_i, dev in enumerate(devices):
+        colour = colours[d_i % len(colours)]
+        mine = [(r, f) for r, f in zip(rows, front) if r.get("device") == dev]
+        for r, on_front in mine:
+            x, y = r["latency_ms"]["p50"], r["top1"] * 100
+            ax.scatter(x, y, s=40 + 400 * r["size_bytes"] / biggest, color=colour,
+                       alpha=0.85 if on_front else 0.3,
+                       edgecolors="red" if on_front else "none", linewidths=2)
+            n_labels += 1  # stagger labels so that near-identical points stay readable
+            ax.annotate(_label(r, several), (x, y), textcoords="offset points",
+                        xytext=(6, (4, -10, 12, -18)[n_labels % 4]), fontsize=7,
+                        fontweight="bold" if on_front else "normal")
+        pts = sorted((r["latency_ms"]["p50"], r["top1"] * 100) for r, f in mine if f)
+        if len(pts) > 1:
+            ax.plot(*zip(*pts), color=colour, linestyle="--", linewidth=1,
+                    label=f"Pareto front{': ' + str(dev) if several else ''}")
+    ax.scatter([], [], s=60, facecolors="none", edgecolors="red", linewidths=2,
+               label="non-dominated (red edge)")
+    lat = [r["latency_ms"]["p50"] for r in rows]
+    if max(lat) / max(min(lat), 1e-9) > 20:  # several orders of magnitude: log axis
+        from matplotlib.ticker import ScalarFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xlabel("invoke latency p50 (ms, log scale)")
+    else:
+        ax.set_xlabel("invoke latency p50 (ms)")
+    top1 = [r["top1"] * 100 for r in rows]
+    ax.set_ylim(max(0.0, min(top1) - 5), min(101.0, max(top1) + 2))
+    ax.set_ylabel("held-out top-1 (%)")
+    ax.set_title("Latency vs accuracy (marker area ~ model size)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save(fig, plt, path)
+    return True
+
+
+def thread_scaling_plot(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Throughput (1000 / p50) against thread count, one line per device/variant.
+
+    Returns:
+        False when matplotlib is missing or no variant was measured at two thread counts.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r.get("device"), r["variant"], accelerator(r)), []).append(r)
+    groups = {k: sorted(v, key=lambda r: r["threads"]) for k, v in groups.items()
+              if len({r["threads"] for r in v}) > 1}
+    plt = _pyplot()
+    if plt is None or not groups:
+        return False
+    several = len({k[0] for k in groups}) > 1
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for (dev, variant, acc), rs in groups.items():
+        label = (f"{dev}: " if several else "") + variant + ("" if acc == "cpu" else f"/{acc}")
+        t = [r["threads"] for r in rs]
+        fps = [1000.0 / r["latency_ms"]["p50"] for r in rs]
+        ax1.plot(t, fps, marker="o", label=label)
+        ax2.plot(t, [f / fps[0] for f in fps], marker="o", label=label)
+    lo = min(rs[0]["threads"] for rs in groups.values())
+    top = max(rs[-1]["threads"] for rs in groups.values())
+    ax2.plot([lo, top], [1, top / lo], color="grey", linestyle=":", label="linear")
+    ax1.set_xlabel("threads")
+    ax1.set_ylabel("inferences / s (1000 / p50)")
+    ax1.set_title("Throughput vs threads")
+    ax2.set_xlabel("threads")
+    ax2.set_ylabel("speed-up vs fewest threads")
+    ax2.set_title("Thread scaling")
+    counts = sorted({r["threads"] for rs in groups.values() for r in rs})
+    for ax in (ax1, ax2):
+        ax.set_xticks(counts)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, plt, path)
+    return True
