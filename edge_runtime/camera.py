@@ -1,10 +1,9 @@
-"""Turns one source string into OpenCV frames: camera index, device path, file, URL, pipeline."""
+"""Turns one source string into a frame reader: camera, device, file, URL, pipeline, picamera2."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,9 @@ class Source:
     """A parsed source string.
 
     Attributes:
-        kind: "camera" (index), "device" (/dev/video*), "file", "url" or "gstreamer".
-        target: what is handed to ``cv2.VideoCapture``.
+        kind: "camera" (index), "device" (/dev/video*), "file", "url", "gstreamer" or
+            "picamera2" (a Raspberry Pi camera through libcamera's Python binding).
+        target: what is handed to ``cv2.VideoCapture`` (the camera number for picamera2).
         api: the OpenCV backend to use.
     """
 
@@ -50,6 +50,11 @@ def parse_source(text: str) -> Source:
                            "file, a URL or a GStreamer pipeline")
     if s.isdigit():
         return Source("camera", int(s))
+    if s.lower() == "picamera2" or s.lower().startswith("picamera2:"):
+        _, _, num = s.partition(":")
+        if num and not num.isdigit():
+            raise EdgekitError(f"bad source {s!r}: expected picamera2 or picamera2:N")
+        return Source("picamera2", int(num or 0))
     if s.lower().startswith(_URL_SCHEMES):
         return Source("url", s, cv2.CAP_FFMPEG)
     if "!" in s:
@@ -63,18 +68,85 @@ def parse_source(text: str) -> Source:
     return Source("file", s)
 
 
+class Picamera2Capture:
+    """A Raspberry Pi camera through ``picamera2``, with the ``cv2.VideoCapture`` methods used.
+
+    ``picamera2`` is imported only when this source is asked for (it exists only on a Pi,
+    from ``apt install python3-picamera2``; create the venv with ``--system-site-packages``).
+    """
+
+    def __init__(self, index: int = 0, width: int | None = None, height: int | None = None,
+                 fps: float | None = None) -> None:
+        try:
+            from picamera2 import Picamera2  # type: ignore[import-not-found]
+        except ImportError:
+            raise EdgekitError("source 'picamera2' needs the picamera2 package: sudo apt "
+                               "install python3-picamera2, and create the virtualenv with "
+                               "--system-site-packages") from None
+        try:
+            self._cam = Picamera2(index)
+            # "RGB888" is B, G, R in memory: what OpenCV calls BGR.
+            config = self._cam.create_video_configuration(
+                main={"size": (width or 640, height or 480), "format": "RGB888"},
+                controls={"FrameRate": float(fps)} if fps else {})
+            self._cam.configure(config)
+            self._cam.start()
+        except Exception as e:  # noqa: BLE001 - libcamera raises many kinds
+            raise EdgekitError(f"cannot open picamera2 camera {index}: {e}") from None
+
+    def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name
+        """Always True once constructed."""
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        """The next frame as BGR."""
+        try:
+            return True, self._cam.capture_array("main")
+        except Exception:  # noqa: BLE001 - a failed read is reported as one
+            return False, None
+
+    def get(self, _prop: int) -> float:
+        """No properties; 0 like OpenCV for an unknown one."""
+        return 0.0
+
+    def set(self, _prop: int, _value: float) -> bool:
+        """Size and rate are set at construction."""
+        return False
+
+    def release(self) -> None:
+        """Stops and closes the camera."""
+        try:
+            self._cam.stop()
+            self._cam.close()
+        except Exception:  # noqa: BLE001, S110 - closing a gone camera
+            pass
+
+
 def open_capture(source: Source, width: int | None = None, height: int | None = None,
-                 fps: int | None = None) -> cv2.VideoCapture:
+                 fps: float | None = None, open_timeout_s: float = 10.0,
+                 read_timeout_s: float = 5.0) -> cv2.VideoCapture | Picamera2Capture:
     """Opens a ``cv2.VideoCapture`` for ``source``, asking a camera for size and rate.
+
+    URLs go through FFmpeg with open and read timeouts (RTSP over TCP unless
+    ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` says otherwise), so a dead stream cannot block forever.
 
     Raises:
         EdgekitError: OpenCV cannot open it.
     """
+    if source.kind == "picamera2":
+        return Picamera2Capture(int(source.target), width, height, fps)
     # FFmpeg and OpenCV print their own diagnostics for a bad file; our one line says it.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    cap = cv2.VideoCapture(source.target, source.api)
+    if source.kind == "url":
+        if str(source.target).lower().startswith(("rtsp://", "rtsps://")):
+            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
+        cap = cv2.VideoCapture(source.target, source.api, params)
+    else:
+        cap = cv2.VideoCapture(source.target, source.api)
     if not cap.isOpened():
         cap.release()
         raise EdgekitError(f"cannot open video source {source.target!r} ({source.kind})")
@@ -89,40 +161,6 @@ def open_capture(source: Source, width: int | None = None, height: int | None = 
 _FLIP_CODES = {"horizontal": 1, "vertical": 0, "rotate180": -1}
 
 
-def frames(source: Source, max_failures: int = 30, loop: bool = False, flip: str = "none",
-           width: int | None = None, height: int | None = None, fps: int | None = None
-           ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields ``(frame_number, bgr_frame)`` until the end of a file (forever with ``loop``).
-
-    ``flip`` ("horizontal", "vertical", "rotate180") corrects a mounted-upside-down camera.
-
-    A live source that fails ``max_failures`` reads in a row is treated as gone.
-
-    Raises:
-        EdgekitError: the source cannot be opened, or a file yields no frame at all.
-    """
-    cap = open_capture(source, width, height, fps)
-    flip_code = _FLIP_CODES.get(flip)
-    n = 0
-    failures = 0
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                if not source.live:
-                    if loop and n > 0:
-                        cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                        continue
-                    break
-                failures += 1
-                if failures >= max_failures:
-                    raise EdgekitError(f"video source {source.target!r} stopped delivering "
-                                       f"frames ({failures} failed reads)")
-                continue
-            failures = 0
-            yield n, (frame if flip_code is None else cv2.flip(frame, flip_code))
-            n += 1
-    finally:
-        cap.release()
-    if n == 0:
-        raise EdgekitError(f"no frame could be read from {source.target!r}; is it a video?")
+def flip_code(flip: str) -> int | None:
+    """The ``cv2.flip`` code for a profile's flip setting (None: no flip)."""
+    return _FLIP_CODES.get(flip)

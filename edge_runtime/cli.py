@@ -4,14 +4,19 @@ Usage:
     python -m edge_runtime classify --model M.tflite [--labels L] [--top-k K] [--json] IMAGE...
     python -m edge_runtime run --model M.tflite --source SRC [--output FILE] [--max-frames N]
     python -m edge_runtime run --config device_configs/NAME.yaml [--set section.key=value ...]
+    python -m edge_runtime doctor [--config device_configs/NAME.yaml]
+    python -m edge_runtime unit --config device_configs/NAME.yaml [--user USER]
 
 ``classify`` prints the top-k classes of each image; with ``--json``, one object per line:
 ``{"image": path, "top": [{"index": int, "label": str, "score": float}, ...]}``.
-``run`` reads frames from SRC (camera index, /dev/video*, video file, URL or GStreamer
-pipeline) and writes one JSON line per frame; it stops at the end of a file, and
-SIGINT/SIGTERM stop it cleanly with status 0. With ``--config``, settings come from a
-device profile; precedence: flags and ``--set`` > ``EDGEKIT_<SECTION>_<KEY>`` environment
-variables > the profile > defaults.
+``run`` is the camera daemon: it reads frames from SRC (camera index, /dev/video*, video
+file, URL, GStreamer pipeline, picamera2) on a capture thread, classifies the newest one
+and writes one JSON line per result; optionally it serves HTTP (live page, MJPEG,
+/latest, /healthz, /metrics) and publishes label changes over MQTT. It stops at the end
+of a file; SIGINT/SIGTERM stop it cleanly with status 0. With ``--config``, settings come
+from a device profile; precedence: flags and ``--set`` > ``EDGEKIT_<SECTION>_<KEY>``
+environment variables > the profile > defaults. ``doctor`` checks the machine (and what a
+profile needs); ``unit`` prints the systemd unit for a profile.
 """
 
 from __future__ import annotations
@@ -91,6 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
     r.add_argument("--threshold", type=_unit_float, default=None,
                    help="below this score the frame's label is null (default 0)")
+    r.add_argument("--http", default=None, metavar="[HOST:]PORT",
+                   help="serve the live page, /stream.mjpg, /latest, /healthz, /metrics "
+                        "(default host 127.0.0.1; port 0 picks a free one)")
+
+    d = sub.add_parser("doctor", help="check this machine (and what a profile needs)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--config", type=Path, default=None, help="device profile (YAML)")
+    d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a profile setting")
+    d.add_argument("--json", action="store_true", help="one JSON object per check per line")
+
+    u = sub.add_parser("unit", help="print the systemd unit for a profile",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    u.add_argument("--config", type=Path, required=True, help="device profile (YAML)")
+    u.add_argument("--user", default="edgekit", help="account the service runs as")
+    u.add_argument("--python", default=None, help="interpreter (default: this one)")
+    u.add_argument("--workdir", type=Path, default=None,
+                   help="working directory (default: the project root)")
     return parser
 
 
@@ -151,54 +174,132 @@ def _run_config(args: argparse.Namespace):
             flags.append(f"model.edgetpu_device={args.edgetpu}")
     if args.loop:
         flags.append("camera.loop=true")
+    if args.http is not None:
+        host, sep, port = args.http.rpartition(":")
+        flags += ["http.enabled=true", f"http.port={port}"] + ([f"http.host={host}"]
+                                                              if sep and host else [])
     if args.config is None and (args.model is None or args.source is None):
         raise EdgekitError("run needs --model and --source, or --config PROFILE.yaml")
     return load_config(args.config, flags)
 
 
 def _open_classifier(cfg, norm):
-    """The profile's model; on a missing Edge TPU, its CPU fallback when one is set."""
+    """The profile's model and where it runs ("edgetpu" or "cpu").
+
+    On a missing Edge TPU, the profile's CPU fallback model when one is set (said on stderr).
+    """
     from .classify import Classifier
 
     m = cfg.model
     edgetpu = (m.edgetpu_device or True) if m.delegate == "edgetpu" else False
+    # ai_edge_litert's Delegate.__del__ raises (ignored, but with a traceback on stderr)
+    # after a failed load_delegate; keep that noise off the daemon's stderr.
+    old_hook = sys.unraisablehook
+
+    def hook(u) -> None:
+        if not (isinstance(u.exc_value, AttributeError) and "Delegate" in repr(u.object)):
+            old_hook(u)
+
+    sys.unraisablehook = hook
     try:
-        return Classifier(m.path, threads=m.threads, edgetpu=edgetpu, normalization=norm)
+        return _open_model(Classifier, m, edgetpu, norm)
+    finally:
+        sys.unraisablehook = old_hook
+
+
+def _open_model(Classifier, m, edgetpu, norm):  # noqa: N803 - the class, passed in
+    try:
+        return (Classifier(m.path, threads=m.threads, edgetpu=edgetpu, normalization=norm),
+                "edgetpu" if edgetpu else "cpu")
     except EdgekitError as e:
         if not (edgetpu and m.fallback):
             raise
         print(f"warning: {e}; falling back to the CPU model {m.fallback}", file=sys.stderr)
-        return Classifier(m.fallback, threads=m.threads, normalization=norm)
+        return Classifier(m.fallback, threads=m.threads, normalization=norm), "cpu (fallback)"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .camera import parse_source
-    from .loop import StopFlag, run
+    from .loop import StopFlag
 
-    cfg = _run_config(args)
-    source = parse_source(cfg.camera.source_string())
-    clf = _open_classifier(cfg, _normalization(args))
-    if args.labels is not None:
-        from .labels import read_labels
-
-        clf.labels = read_labels(args.labels)
     stop = StopFlag()
-    restore = stop.install()
+    restore = stop.install()  # first: a signal while loading still exits cleanly
     try:
-        with ExitStack() as stack:
-            out = sys.stdout
-            if cfg.output.jsonl != "-":
-                path = Path(cfg.output.jsonl)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                out = stack.enter_context(path.open("a", encoding="utf-8"))
-            summary = run(clf, source, out, args.max_frames, stop, cfg.classify.threshold,
-                          cfg.camera.loop, cfg.camera)
+        summary, clf = _run_daemon(args, stop)
     finally:
         restore()
     why = f"stopped by signal {stop.signal}" if stop.signal else "done"
     print(f"{why}: {summary['frames']} frames in {summary['seconds']} s "
           f"({summary['fps']} fps, mean inference {summary['mean_inference_ms']} ms, "
           f"backend {clf.backend.name} {clf.backend.version})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run_daemon(args: argparse.Namespace, stop):
+    """Opens everything the profile asks for, runs the loop, closes everything."""
+    from .camera import parse_source
+    from .capture import Capture
+    from .loop import Daemon
+    from .metrics import Metrics
+    from .outputs import JsonlWriter, MqttPublisher
+    from .systemd import Notifier
+
+    cfg = _run_config(args)
+    source = parse_source(cfg.camera.source_string())
+    clf, delegate = _open_classifier(cfg, _normalization(args))
+    if args.labels is not None:
+        from .labels import read_labels
+
+        clf.labels = read_labels(args.labels)
+    if stop.event.is_set():
+        return {"frames": 0, "seconds": 0.0, "fps": 0.0, "mean_inference_ms": 0.0}, clf
+    with ExitStack() as stack:
+        capture = Capture(source, cfg.camera, cfg.watchdog).start()
+        stack.callback(capture.stop)
+        metrics = Metrics({"backend": clf.backend.name, "version": clf.backend.version,
+                           "model": str(clf.model_path), "delegate": delegate,
+                           "profile": cfg.name})
+        writer = None
+        if cfg.output.jsonl.lower() != "off":
+            writer = JsonlWriter(cfg.output.jsonl, cfg.output.max_bytes, cfg.output.backups)
+            stack.callback(writer.close)
+        mqtt = None
+        if cfg.mqtt.enabled:
+            mqtt = MqttPublisher(cfg.mqtt)
+            stack.callback(mqtt.close)
+        notifier = Notifier(enabled=cfg.watchdog.systemd)
+        stack.callback(notifier.close)
+        stack.callback(notifier.stopping)
+        daemon = Daemon(clf, capture, cfg, writer, stop, args.max_frames, mqtt=mqtt,
+                        notifier=notifier, metrics=metrics)
+        if cfg.http.enabled:
+            from .server import Server
+
+            server = Server(cfg.http, metrics, daemon.status, cfg.watchdog.health_max_age_s,
+                            cfg.name).start()
+            stack.callback(server.stop)
+            daemon.server = server
+        threads = cfg.model.threads or "default"
+        print(f"edgekit: {clf.model_path} on {clf.backend.name} {clf.backend.version} "
+              f"({delegate}, threads {threads}); source {source.kind} {source.target!r}"
+              + (f"; http {daemon.server.url}" if daemon.server else ""), file=sys.stderr)
+        return daemon.run(), clf
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(args.config, args.set, as_json=args.json)
+
+
+def _cmd_unit(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .systemd import render_unit
+
+    load_config(args.config, environ={})  # a broken profile fails here, not at boot
+    try:
+        print(render_unit(args.config, args.workdir, args.python, args.user), end="")
+    except FileNotFoundError as e:
+        raise EdgekitError(f"unit template not found: {e.filename}") from None
     return EXIT_OK
 
 
@@ -209,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "classify":
             return _cmd_classify(args)
+        if args.command == "doctor":
+            return _cmd_doctor(args)
+        if args.command == "unit":
+            return _cmd_unit(args)
         return _cmd_run(args)
     except EdgekitError as e:
         print(f"error: {e}", file=sys.stderr)

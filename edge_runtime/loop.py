@@ -1,19 +1,29 @@
-"""The camera loop: frames in, one JSON line per classified frame out, clean stop on signals."""
+"""The daemon's main loop: newest frame in, result out to JSON lines, HTTP, MQTT, systemd."""
 
 from __future__ import annotations
 
-import json
+import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import Any
 
-from .camera import Source, frames
+import cv2
+
+from .capture import Capture
 from .classify import Classifier
-from .preprocess import bgr_to_rgb
+from .infer import FrameClassifier
+from .metrics import Metrics
+from .outputs import JsonlWriter
+from .smoothing import Result, Smoother
+from .systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+# How often STATUS= is sent to systemd, seconds.
+STATUS_EVERY_S = 10.0
 
 
 class StopFlag:
@@ -41,46 +51,168 @@ class StopFlag:
         return restore
 
 
-def run(classifier: Classifier, source: Source, out: IO[str] = sys.stdout,
-        max_frames: int | None = None, stop: StopFlag | None = None,
-        threshold: float = 0.0, loop: bool = False, camera: Any = None) -> dict[str, float]:
-    """Classifies frames from ``source`` and writes one JSON line per frame to ``out``.
+def result_fields(result: Result, frame_seq: int, invoke_ms: float, age_ms: float,
+                  dropped: int, details: bool) -> dict[str, Any]:
+    """One result as a JSON-able dict.
 
-    Each line: ``{"time", "frame", "index", "label", "score", "inference_ms"}``; ``label``
-    is null when the best score is below ``threshold``. Stops at the end of a file, after
-    ``max_frames``, or when ``stop`` is set; ``loop`` replays a file from the start.
-    ``camera`` (:class:`edge_runtime.config.CameraSettings`) sets capture size, rate, flip.
-
-    Returns:
-        A summary: frames, seconds, fps, mean inference_ms.
+    Always: ``time``, ``frame``, ``index``, ``label``, ``score``, ``inference_ms``. With
+    ``details``: ``frame_age_ms`` (capture to result), ``dropped`` (frames skipped since
+    the previous result), ``top`` (best allowed classes) and ``raw`` (the model's own
+    top-1, unsmoothed).
     """
-    stop = stop or StopFlag()
-    t_start = time.perf_counter()
-    count = 0
-    total_invoke = 0.0
-    capture = {} if camera is None else {"flip": camera.flip, "width": camera.width,
-                                         "height": camera.height, "fps": camera.fps}
-    for n, frame in frames(source, loop=loop, **capture):
-        if stop.event.is_set():
-            break
-        scores = classifier.scores(bgr_to_rgb(frame))
-        best = int(scores.argmax())
-        score = float(scores[best])
-        total_invoke += classifier.last_invoke_ms
-        line = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "frame": n,
-            "index": best if score >= threshold else None,
-            "label": classifier.labels.get(best, str(best)) if score >= threshold else None,
-            "score": round(score, 6),
-            "inference_ms": round(classifier.last_invoke_ms, 3),
-        }
-        out.write(json.dumps(line) + "\n")
-        out.flush()
-        count += 1
-        if max_frames is not None and count >= max_frames:
-            break
-    seconds = time.perf_counter() - t_start
-    return {"frames": count, "seconds": round(seconds, 3),
-            "fps": round(count / seconds, 2) if seconds > 0 else 0.0,
-            "mean_inference_ms": round(total_invoke / count, 3) if count else 0.0}
+    line: dict[str, Any] = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "frame": frame_seq,
+        "index": result.index,
+        "label": result.label,
+        "score": round(result.score, 6),
+        "inference_ms": round(invoke_ms, 3),
+    }
+    if details:
+        line["frame_age_ms"] = round(age_ms, 3)
+        line["dropped"] = dropped
+        line["top"] = [{"index": c.index, "label": c.label, "score": round(c.score, 6)}
+                       for c in result.top]
+        raw = result.raw
+        if raw is not None:
+            line["raw"] = {"index": raw.index, "label": raw.label,
+                           "score": round(raw.score, 6)}
+    return line
+
+
+class Daemon:
+    """Classifies frames from a :class:`Capture` until the source ends, a limit, or a stop.
+
+    Per frame: take the newest frame, preprocess it into the input tensor, invoke,
+    smooth and threshold, then hand the result to every output. Outputs never block
+    inference: the JSON-lines writer is a local write, HTTP clients are served from
+    other threads off a published reference, MQTT only queues. A frame that cannot be
+    preprocessed is counted as bad and skipped.
+
+    Args:
+        classifier: the loaded model.
+        capture: a started :class:`Capture`.
+        cfg: the :class:`edge_runtime.config.DeviceConfig`.
+        writer: JSON-lines output, or None.
+        stop: the stop flag (signals).
+        max_frames: stop after this many classified frames.
+        server: the HTTP :class:`edge_runtime.server.Server`, or None.
+        mqtt: an :class:`edge_runtime.outputs.MqttPublisher`, or None.
+        notifier: systemd :class:`Notifier`, or None.
+        metrics: shared :class:`Metrics` (created when None).
+    """
+
+    def __init__(self, classifier: Classifier, capture: Capture, cfg: Any,
+                 writer: JsonlWriter | None, stop: StopFlag, max_frames: int | None = None,
+                 server: Any = None, mqtt: Any = None, notifier: Notifier | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.classifier = classifier
+        self.frames = FrameClassifier(classifier)
+        self.smoother = Smoother(classifier.labels, classifier.num_classes, cfg.classify,
+                                 cfg.smoothing)
+        self.capture = capture
+        self.cfg = cfg
+        self.writer = writer
+        self.stop = stop
+        self.max_frames = max_frames
+        self.server = server
+        self.mqtt = mqtt
+        self.notifier = notifier or Notifier(enabled=False)
+        self.metrics = metrics or Metrics()
+        self.metrics.capture = capture
+        self.count = 0
+        self.dropped_total = 0
+        self.total_invoke_ms = 0.0
+        self.first_result_t: float | None = None
+
+    def status(self) -> dict[str, Any]:
+        """Totals for /latest and /healthz."""
+        cap = self.capture
+        b = self.classifier.backend
+        return {"backend": f"{b.name} {b.version}", "model": self.classifier.model_path.name,
+                "frames_total": self.count, "dropped_total": cap.dropped,
+                "bad_frames_total": cap.bad_frames + self.metrics.bad_frames,
+                "reconnects_total": cap.reconnects, "capture": cap.state,
+                "last_error": cap.last_error}
+
+    def _keepalive(self, progressed: bool, now: float) -> None:
+        """WATCHDOG=1 while frames are classified, or while the camera is being reopened
+        by a supervisor that is itself alive; silence lets systemd restart a hung process."""
+        cap = self.capture
+        if progressed or (cap.state == "reconnecting" and now - cap.heartbeat_t < 2.0):
+            self.notifier.watchdog(now)
+
+    def _classify(self, frame: Any, t0: float) -> None:
+        try:
+            scores = self.frames.scores(frame.image)
+        except (cv2.error, ValueError) as e:
+            with self.metrics.lock:
+                self.metrics.bad_frames += 1
+            log.warning("bad frame %d skipped: %s", frame.seq, str(e).strip().splitlines()[-1])
+            return
+        result = self.smoother(scores)
+        done = time.monotonic()
+        invoke_ms = self.frames.last_invoke_ms
+        age_ms = (done - frame.t) * 1000.0
+        self.dropped_total += frame.dropped
+        out = self.cfg.output
+        line = result_fields(result, frame.seq, invoke_ms, age_ms, frame.dropped, True)
+        if self.writer is not None and (not out.on_change or result.changed or not self.count):
+            self.writer.write(line if out.details else
+                              {k: line[k] for k in ("time", "frame", "index", "label",
+                                                    "score", "inference_ms")})
+        # Per-frame cost: from the hand-off (or the frame's arrival, if we waited) to here.
+        self.metrics.observe(invoke_ms / 1000.0, done - max(t0, frame.t), age_ms / 1000.0)
+        if result.changed:
+            with self.metrics.lock:
+                self.metrics.label_changes += 1
+            if self.mqtt is not None:
+                self.mqtt.publish(line)
+        if self.server is not None:
+            line["fps"] = round(self.metrics.fps, 2)
+            self.server.publish(frame.image, line)
+        self.count += 1
+        self.total_invoke_ms += invoke_ms
+        if self.first_result_t is None:
+            self.first_result_t = done
+
+    def run(self) -> dict[str, float]:
+        """Runs until done; returns frames, seconds, fps and mean inference_ms.
+
+        Raises:
+            EdgekitError: a file source that yielded no frame at all.
+        """
+        t_start = time.perf_counter()
+        self.notifier.ready(f"classifying {self.capture.source.kind} "
+                            f"{self.capture.source.target!r}")
+        next_status = time.monotonic() + STATUS_EVERY_S
+        while not self.stop.event.is_set():
+            t0 = time.monotonic()
+            frame = self.capture.get(0.1)
+            now = time.monotonic()
+            if frame is None:
+                if self.capture.finished:
+                    if self.capture.error is not None:
+                        raise self.capture.error
+                    break
+                self._keepalive(False, now)
+                continue
+            before = self.count
+            self._classify(frame, t0)
+            self._keepalive(self.count > before, now)
+            if now >= next_status:
+                next_status = now + STATUS_EVERY_S
+                self.notifier.status(self._status_text())
+            if self.max_frames is not None and self.count >= self.max_frames:
+                break
+        seconds = time.perf_counter() - t_start
+        return {"frames": self.count, "seconds": round(seconds, 3),
+                "fps": round(self.count / seconds, 2) if seconds > 0 else 0.0,
+                "mean_inference_ms": round(self.total_invoke_ms / self.count, 3)
+                if self.count else 0.0}
+
+    def _status_text(self) -> str:
+        s = self.smoother
+        label = s.label(s.current) if s.current is not None else "none"
+        return (f"{self.metrics.fps:.1f} fps, label {label}, {self.capture.dropped} dropped, "
+                f"{self.capture.reconnects} reconnects")

@@ -1,0 +1,199 @@
+"""Measures the daemon's pipeline against bare invoke(): cost, throughput, age, start, RSS.
+
+Usage:
+    python -m edge_runtime.bench_pipeline --model M.tflite [--video V.avi] [--frames 1000]
+        [--threads N] [--source-fps F] [--json OUT.json]
+
+Without ``--video`` a 640x480 MJPG test video is written to a temporary folder. The
+source is replayed in real time at ``--source-fps`` (default: twice the bare inference
+rate, so frames arrive faster than inference and only the newest is classified).
+Reports, with the targets from the daemon's specification:
+
+* per-frame cost (hand-off + preprocess + invoke + postprocess) / bare ``invoke()``;
+* pipelined throughput x bare ``invoke()`` latency;
+* p95 frame age / ``invoke()`` latency;
+* process start to first result (a separate ``python -m edge_runtime run`` process);
+* RSS at the end, and its growth from the first to the last tenth of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .capture import Capture
+from .classify import Classifier
+from .config import load_config
+from .errors import EdgekitError
+from .loop import Daemon, StopFlag
+from .metrics import Metrics, rss_bytes
+
+
+class _Recorder(Metrics):
+    """Metrics that also keep every frame's numbers (preallocated: no growth) and RSS."""
+
+    def __init__(self, frames: int, rss_every: int) -> None:
+        super().__init__()
+        self.table = np.zeros((frames, 3), np.float64)
+        self.n = 0
+        self.rss: list[tuple[int, int]] = []
+        self.rss_every = rss_every
+
+    @property
+    def rows(self) -> np.ndarray:
+        """(invoke, cost, age) seconds per classified frame."""
+        return self.table[:self.n]
+
+    def observe(self, invoke_s: float, cost_s: float, age_s: float) -> None:
+        super().observe(invoke_s, cost_s, age_s)
+        if self.n < len(self.table):
+            self.table[self.n] = (invoke_s, cost_s, age_s)
+            self.n += 1
+        if self.n % self.rss_every == 0:
+            self.rss.append((self.n, rss_bytes()))
+
+
+def make_video(path: Path, frames: int = 300, size: tuple[int, int] = (640, 480)) -> Path:
+    """Writes a 640x480 MJPG video of moving shapes on a noisy background."""
+    w, h = size
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (w, h))
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 40, (h, w, 3), np.uint8)
+    for i in range(frames):
+        img = cv2.add(np.full((h, w, 3), (90, 110, 120), np.uint8), noise)
+        cv2.circle(img, (50 + (i * 7) % (w - 100), h // 2), 60, (40, 60, 220), -1)
+        cv2.rectangle(img, (w - 150, 40 + (i * 3) % (h - 140)),
+                      (w - 50, 140 + (i * 3) % (h - 140)), (200, 120, 30), -1)
+        out.write(img)
+    out.release()
+    return path
+
+
+def bare_invoke(model: Path, threads: int | None, runs: int = 300) -> list[float]:
+    """``invoke()`` latencies (seconds) with the input written once, warm-up excluded."""
+    clf = Classifier(model, threads=threads)
+    spec = clf.spec
+    clf.interpreter.set_tensor(spec.index, np.zeros((1, spec.height, spec.width, 3),
+                                                    spec.dtype))
+    for _ in range(20):
+        clf.interpreter.invoke()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        clf.interpreter.invoke()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def start_to_first_result(model: Path, video: Path, threads: int | None,
+                          repeats: int = 3) -> list[float]:
+    """Seconds from starting ``python -m edge_runtime run`` to its first JSON line."""
+    out = []
+    for _ in range(repeats):
+        cmd = [sys.executable, "-m", "edge_runtime", "run", "--model", str(model), "--source",
+               str(video), "--max-frames", "1"] + (["--threads", str(threads)] if threads
+                                                     else [])
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        p.stdout.readline()
+        out.append(time.perf_counter() - t0)
+        p.wait(30)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``."""
+    return float(np.quantile(np.asarray(values), q)) if values else 0.0
+
+
+def run_bench(model: Path, video: Path, frames: int, threads: int | None,
+              source_fps: float | None) -> dict:
+    """Runs every measure; returns the report."""
+    bare = bare_invoke(model, threads)
+    bare_mean = statistics.fmean(bare)
+    fps = source_fps or 2.0 / bare_mean
+    cfg = load_config(None, ["output.jsonl=off", f"camera.source={video}",
+                             "camera.realtime=true", "camera.loop=true", f"camera.fps={fps}"]
+                      + ([f"model.threads={threads}"] if threads else []), environ={})
+    rec = _Recorder(frames, max(1, frames // 10))
+    clf = Classifier(model, threads=threads)
+    from .camera import parse_source
+
+    cap = Capture(parse_source(str(video)), cfg.camera, cfg.watchdog).start()
+    with open(os.devnull, "w", encoding="utf-8") as null:
+        from .outputs import JsonlWriter
+
+        writer = JsonlWriter("-", stream=null)
+        try:
+            summary = Daemon(clf, cap, cfg, writer, StopFlag(), max_frames=frames,
+                             metrics=rec).run()
+        finally:
+            cap.stop()
+    rows = rec.rows[min(20, len(rec.rows) // 10):]  # warm-up excluded
+    invoke, cost, age = (rows[:, i].tolist() for i in range(3))
+    start = start_to_first_result(model, video, threads)
+    rss = rec.rss
+    report = {
+        "model": str(model), "threads": threads or "default", "frames": summary["frames"],
+        "source": f"{video} replayed at {fps:.0f} fps",
+        "bare_invoke_ms": {"mean": bare_mean * 1e3, "p50": pct(bare, 0.5) * 1e3,
+                           "p95": pct(bare, 0.95) * 1e3},
+        "pipeline_invoke_ms": {"mean": statistics.fmean(invoke) * 1e3,
+                               "p50": pct(invoke, 0.5) * 1e3},
+        "frame_cost_ms": {"mean": statistics.fmean(cost) * 1e3, "p50": pct(cost, 0.5) * 1e3},
+        "frame_age_ms": {"p50": pct(age, 0.5) * 1e3, "p95": pct(age, 0.95) * 1e3},
+        "throughput_fps": summary["fps"],
+        "dropped": cap.dropped,
+        "start_to_first_result_s": start,
+        "rss_mb": {"samples": [(n, round(b / 2**20, 1)) for n, b in rss],
+                   "end": round(rss_bytes() / 2**20, 1)},
+    }
+    report["ratios"] = {
+        "cost_over_bare_invoke (<=1.10)": report["frame_cost_ms"]["mean"] / (bare_mean * 1e3),
+        "throughput_x_bare_latency (>=0.95)": summary["fps"] * bare_mean,
+        "p95_age_over_invoke (<=2)": report["frame_age_ms"]["p95"] / (bare_mean * 1e3),
+        "start_to_first_result_s (<=1.0)": statistics.median(start),
+        "rss_end_mb (<=150)": report["rss_mb"]["end"],
+        "rss_growth_mb (~0)": round((rss[-1][1] - rss[0][1]) / 2**20, 2) if len(rss) > 1
+        else 0.0,
+    }
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    p = argparse.ArgumentParser(prog="python -m edge_runtime.bench_pipeline",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--video", type=Path, default=None, help="640x480 video (default: made)")
+    p.add_argument("--frames", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--source-fps", type=float, default=None)
+    p.add_argument("--json", type=Path, default=None, help="write the report here too")
+    args = p.parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            video = args.video or make_video(Path(tmp) / "bench_640x480.avi")
+            report = run_bench(args.model, video, args.frames, args.threads, args.source_fps)
+    except EdgekitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
