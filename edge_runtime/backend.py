@@ -91,15 +91,33 @@ def load_edgetpu_delegate(device: str | None = None) -> Any:
     Raises:
         EdgekitError: the library or the device is missing, with how to fix it.
     """
+    import ctypes
+    import sys
+
+    hint = ("install the Edge TPU runtime (Debian/Ubuntu: apt install libedgetpu1-std from "
+            "Coral's package repository) and plug in the accelerator")
+    try:
+        ctypes.CDLL(EDGETPU_LIBRARY)  # checked first: a failed load_delegate is noisy
+    except OSError:
+        raise EdgekitError(f"Edge TPU library {EDGETPU_LIBRARY} not found; {hint}") from None
     options = {"device": device} if device else {}
+    # After a failed load, LiteRT's Delegate.__del__ raises an AttributeError that Python
+    # prints as an "ignored exception" traceback; keep that noise off stderr.
+    old_hook = sys.unraisablehook
+
+    def hook(u) -> None:
+        if not (isinstance(u.exc_value, AttributeError) and "Delegate" in repr(u.object)):
+            old_hook(u)
+
+    sys.unraisablehook = hook
     try:
         return backend().load_delegate(EDGETPU_LIBRARY, options)
     except (ValueError, OSError, RuntimeError) as e:
         raise EdgekitError(
             f"Edge TPU delegate did not load ({EDGETPU_LIBRARY}"
-            f"{', device ' + device if device else ''}): {e}; install the Edge TPU runtime "
-            "(Debian/Ubuntu: apt install libedgetpu1-std from Coral's package repository) "
-            "and plug in the accelerator") from None
+            f"{', device ' + device if device else ''}): {e}; {hint}") from None
+    finally:
+        sys.unraisablehook = old_hook
 
 
 def make_interpreter(model_path: str | Path, threads: int | None = None,

@@ -192,22 +192,6 @@ def _open_classifier(cfg, norm):
 
     m = cfg.model
     edgetpu = (m.edgetpu_device or True) if m.delegate == "edgetpu" else False
-    # ai_edge_litert's Delegate.__del__ raises (ignored, but with a traceback on stderr)
-    # after a failed load_delegate; keep that noise off the daemon's stderr.
-    old_hook = sys.unraisablehook
-
-    def hook(u) -> None:
-        if not (isinstance(u.exc_value, AttributeError) and "Delegate" in repr(u.object)):
-            old_hook(u)
-
-    sys.unraisablehook = hook
-    try:
-        return _open_model(Classifier, m, edgetpu, norm)
-    finally:
-        sys.unraisablehook = old_hook
-
-
-def _open_model(Classifier, m, edgetpu, norm):  # noqa: N803 - the class, passed in
     try:
         return (Classifier(m.path, threads=m.threads, edgetpu=edgetpu, normalization=norm),
                 "edgetpu" if edgetpu else "cpu")
