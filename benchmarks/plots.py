@@ -3,10 +3,10 @@ measuring part works on a device without it."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from edge_runtime.fileio import atomic_path
 
 from .analysis import accelerator, mark_pareto
 
@@ -25,15 +25,11 @@ def _pyplot() -> Any | None:
 
 def _save(fig: Any, plt: Any, path: Path) -> None:
     """Saves a figure atomically (temporary file beside ``path``, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _label(r: dict[str, Any], with_device: bool) -> str:

@@ -6,7 +6,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import EdgekitError
-from edge_runtime.fileio import write_json, write_text
+from edge_runtime.fileio import atomic_path, write_json, write_text
 from edge_runtime.labels import write_labels
 from edge_runtime.manifest import Manifest, Normalization
 
@@ -165,11 +164,9 @@ def _plot_history(history: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
@@ -192,22 +189,14 @@ def _plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
     ax.set_ylabel("true")
     ax.set_title("Held-out confusion matrix")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _save_keras(model, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=path.parent)  # Keras wants the suffix
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _prepare_out(cfg: TrainConfig) -> tuple[Path, bool]:
