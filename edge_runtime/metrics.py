@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import bisect
+import collections
 import threading
 import time
 from typing import Any
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15,
                    0.25, 0.5, 1.0, 2.5)
+FPS_WINDOW_S = 2.0  # the rate shown is over this many recent seconds
+FPS_MAX_FRAMES = 1024
 AGE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -90,9 +93,7 @@ class Metrics:
         self.frame_age = Histogram(AGE_BUCKETS)
         self.last_result_t: float | None = None
         self.last_frame_age = 0.0
-        self.fps = 0.0
-        self._fps_t = time.monotonic()
-        self._fps_n = 0
+        self._recent: collections.deque[float] = collections.deque(maxlen=FPS_MAX_FRAMES)
         self.capture: Any = None  # the Capture, for captured/dropped/reconnects/stalls
         self.stream_clients = 0
         self.http_requests = 0
@@ -107,10 +108,21 @@ class Metrics:
             self.frame_age.observe(age_s)
             self.last_frame_age = age_s
             self.last_result_t = now
-            self._fps_n += 1
-            if now - self._fps_t >= 1.0:
-                self.fps = self._fps_n / (now - self._fps_t)
-                self._fps_t, self._fps_n = now, 0
+            self._recent.append(now)
+
+    @property
+    def fps(self) -> float:
+        """Frames classified per second over the last ``FPS_WINDOW_S`` seconds.
+
+        Meaningful from the second frame on (no blank first second) and back to 0 when
+        results stop arriving, so a stalled camera never shows its old rate.
+        """
+        now = time.monotonic()
+        with self.lock:
+            times = [t for t in self._recent if now - t <= FPS_WINDOW_S]
+        if len(times) < 2 or times[-1] <= times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
 
     def seconds_since_result(self) -> float | None:
         """Seconds since the last classified frame (None before the first)."""
@@ -124,6 +136,7 @@ class Metrics:
              for k in ("captured", "dropped", "bad_frames", "reconnects", "stalls")}
         info = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(self.info.items()))
         since = self.seconds_since_result()
+        fps = self.fps  # takes the lock itself
         out: list[str] = []
 
         def metric(name: str, kind: str, help_: str, value: Any) -> None:
@@ -159,8 +172,8 @@ class Metrics:
             metric("edgekit_seconds_since_last_result", "gauge", "Seconds since the last "
                    "classified frame (-1 before the first).",
                    f"{since:.3f}" if since is not None else -1)
-            metric("edgekit_fps", "gauge", "Frames classified per second (last second).",
-                   f"{self.fps:.2f}")
+            metric("edgekit_fps", "gauge", "Frames classified per second (last "
+                   f"{FPS_WINDOW_S:g} s).", f"{fps:.2f}")
             metric("edgekit_stream_clients", "gauge", "Connected MJPEG clients.",
                    self.stream_clients)
             metric("edgekit_http_requests_total", "counter", "HTTP requests served.",

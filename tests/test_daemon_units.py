@@ -301,6 +301,21 @@ def test_metrics_text_format():
     assert h.quantile(0.5) == 0.1 and h.quantile(0.25) == 0.01
 
 
+def test_fps_is_shown_from_the_second_frame_and_drops_to_zero_when_results_stop(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    m = Metrics()
+    m.observe(0.01, 0.01, 0.01)
+    assert m.fps == 0.0  # one frame is no rate
+    for _ in range(5):  # 20 fps
+        clock[0] += 0.05
+        m.observe(0.01, 0.01, 0.01)
+    assert m.fps == pytest.approx(20.0)
+    assert "edgekit_fps 20.00" in m.render()
+    clock[0] += 3.0  # the camera stalled: no stale rate
+    assert m.fps == 0.0
+
+
 def test_healthz_fails_without_a_fresh_result():
     m = Metrics()
     srv = Server(HttpSettings(enabled=True, port=0), m, lambda: {"capture": "running"},
