@@ -8,7 +8,9 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 SAMPLE := data/sample
 DEMO   := runs/demo
 # CPU-friendly demo settings: from scratch (no download), tiny model, ~2-3 minutes on 2 cores.
-DEMO_TRAIN := --weights none --alpha 0.35 --img-size 96 --epochs 60 --patience 15 --batch-size 32 --learning-rate 3e-3
+# Light augmentation: the sample shapes already vary in rotation, scale and lighting.
+DEMO_TRAIN := --weights none --alpha 0.35 --img-size 96 --epochs 60 --patience 15 --batch-size 32 --learning-rate 3e-3 \
+	--rotation 36 --shift 0 --shear 0 --zoom 0.15 --brightness 1 --contrast 0.2
 
 require = $(if $(strip $($(1))),,$(error $(1) is not set: $(2)))
 
@@ -17,7 +19,7 @@ require = $(if $(strip $($(1))),,$(error $(1) is not set: $(2)))
 
 help: ## list the tasks
 	@echo "edgekit - make <task> [VAR=value]"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv and install edgekit[train,device,dev] (no-op when up to date)
 
@@ -60,6 +62,10 @@ bench: setup ## benchmark a run's models: make bench RUN=runs/NAME (default runs
 .PHONY: bench-validate
 bench-validate: setup ## harness vs ai-edge-litert's benchmark tool: [MODEL=m.tflite] [THREADS=1]
 	$(PY) -m benchmarks validate $(or $(MODEL),$(DEMO)/export/model_int8.tflite) --threads $(or $(THREADS),1) $(ARGS)
+
+.PHONY: bench-train
+bench-train: setup $(SAMPLE)/video.avi ## training input pipeline, folder vs memory images/s: [DATA=dir] [ARGS=...]
+	$(PY) -m train.bench_input --data $(or $(DATA),$(SAMPLE)/images) --json $(or $(OUT),runs/bench-train.json) $(ARGS)
 
 # (alpha, img-size) points for the latency-vs-accuracy sweep; each gets runs/sweep-A-S.
 SWEEP ?= 0.35-96 0.5-128 0.75-160 1.0-224

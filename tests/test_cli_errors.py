@@ -35,10 +35,13 @@ def test_train_class_folder_without_images(sample, tmp_path):
     assert_one_clear_error(r, "class 'zebra' has 0 images")
 
 
-def test_train_refuses_to_overwrite_a_run(trained_run, sample, tmp_path):
-    r = run_cli("train", "--data", str(sample / "images"), "--out", str(trained_run),
-                "--weights", "none")
-    assert_one_clear_error(r, "already exists", "--force")
+def test_train_force_refuses_a_folder_that_is_not_a_run(sample, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "keep.txt").write_text("mine")
+    r = run_cli("train", "--data", str(sample / "images"), "--out", str(tmp_path / "photos"),
+                "--weights", "none", "--force")
+    assert_one_clear_error(r, "not a run folder", "--force")
+    assert (tmp_path / "photos" / "keep.txt").read_text() == "mine"
 
 
 def test_train_missing_weights_file(sample, tmp_path):

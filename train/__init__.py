@@ -5,11 +5,11 @@ TensorFlow is imported only when training starts, so ``train.data`` and
 """
 
 
-def fine_tune(cfg):
+def fine_tune(cfg, resume: bool = False):
     """Trains and writes a run folder; see :func:`train.core.fine_tune`."""
     from .core import fine_tune as _fine_tune
 
-    return _fine_tune(cfg)
+    return _fine_tune(cfg, resume=resume)
 
 
 __all__ = ["fine_tune"]

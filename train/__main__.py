@@ -2,11 +2,13 @@
 
 Usage:
     python -m train --data DIR --out runs/NAME [--weights imagenet|none|PATH] [--alpha A]
-                    [--img-size N] [--epochs N] [--batch-size N] [--seed S] [--force]
+                    [--img-size N] [--epochs N] [--fine-tune-epochs N] [--seed S] [--tune]
+    python -m train --out runs/NAME --resume
 
-DIR has one subfolder of images per class. The run folder receives model.keras,
-labels.txt, manifest.json, metrics.json (held-out test top-1), history.csv and
-training_curves.png.
+DIR has one subfolder of images per class (or train/val[/test] folders, a CSV, a pixel
+CSV, a JSON Lines file). The run folder receives model.keras (the best checkpoint),
+labels.txt, manifest.json, metrics.json (held-out results), history.csv, the curves and
+the confusion matrix as PNGs, data_report.json, train_config.json, checkpoints/ and logs/.
 """
 
 from __future__ import annotations
@@ -30,67 +32,130 @@ def _int_at_least(lo: int):
     return parse
 
 
+def _brightness(text: str) -> tuple[float, float]:
+    from .augment import parse_brightness
+
+    try:
+        return parse_brightness(text)
+    except EdgekitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for ``python -m train``."""
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True,
+    p.add_argument("--data",
                    help="class folders, train/val[/test] folders, a path,label CSV, a pixel "
-                        "CSV or a JSON Lines file")
+                        "CSV or a JSON Lines file (not needed with --resume)")
     p.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME")
-    p.add_argument("--weights", default="imagenet",
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last finished epoch, "
+                        "with its recorded settings")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing run folder (default: write to NAME-2, NAME-3...)")
+    m = p.add_argument_group("model")
+    m.add_argument("--weights", default="imagenet",
                    help="'imagenet' (downloads), 'none' (from scratch), or a local no-top .h5")
-    p.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
-    p.add_argument("--img-size", type=_int_at_least(32), default=224, help="input size (px)")
-    p.add_argument("--epochs", type=_int_at_least(1), default=10, help="head-training epochs")
-    p.add_argument("--fine-tune-epochs", type=_int_at_least(0), default=0,
+    m.add_argument("--alpha", type=float, default=1.0,
+                   help="MobileNetV2 width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3 or 1.4")
+    m.add_argument("--img-size", type=_int_at_least(32), default=224,
+                   help="input size (px); ImageNet weights exist for 96, 128, 160, 192, 224")
+    m.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
+    m.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the classifier")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=_int_at_least(1), default=10, help="head-training epochs")
+    t.add_argument("--fine-tune-epochs", type=_int_at_least(0), default=0,
                    help="then fine-tune the top --unfreeze base layers for this many epochs")
-    p.add_argument("--unfreeze", type=_int_at_least(0), default=30,
+    t.add_argument("--unfreeze", type=_int_at_least(0), default=30,
                    help="base layers to unfreeze when fine-tuning")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=32, help="batch size")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
-    p.add_argument("--patience", type=_int_at_least(1), default=5, help="early-stopping patience")
-    p.add_argument("--no-augment", action="store_true", help="disable training augmentation")
-    p.add_argument("--resize", choices=("center_crop", "stretch"), default="center_crop",
-                   help="how images (and later camera frames) are fitted to the input")
-    p.add_argument("--no-class-weights", action="store_true",
-                   help="do not weight the loss by inverse class frequency")
-    p.add_argument("--min-per-class", type=_int_at_least(2), default=5,
-                   help="a class with fewer usable images is an error")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                   help="learning-rate schedule")
-    p.add_argument("--warmup-epochs", type=_int_at_least(0), default=0,
+    t.add_argument("--batch-size", type=_int_at_least(1), default=32, help="batch size")
+    t.add_argument("--learning-rate", type=float, default=1e-3,
+                   help="Adam learning rate for the head (fine-tuning uses a tenth)")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine", "plateau"),
+                   default="constant", help="learning-rate schedule")
+    t.add_argument("--warmup-epochs", type=_int_at_least(0), default=0,
                    help="linear learning-rate warm-up epochs")
-    p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
+    t.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing")
+    t.add_argument("--patience", type=_int_at_least(1), default=5, help="early-stopping patience")
+    t.add_argument("--no-class-weights", action="store_true",
+                   help="do not weight the loss by inverse class frequency")
+    t.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
                    default="default", help="tf.distribute strategy (multiworker reads TF_CONFIG)")
-    p.add_argument("--seed", type=int, default=0, help="fixes split, init and shuffling")
-    p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    t.add_argument("--seed", type=int, default=0,
+                   help="fixes split, initialisation, shuffling and augmentation")
+    d = p.add_argument_group("data")
+    d.add_argument("--resize", choices=("center_crop", "stretch"), default="center_crop",
+                   help="how images (and later camera frames) are fitted to the input")
+    d.add_argument("--min-per-class", type=_int_at_least(2), default=5,
+                   help="a class with fewer usable images is an error")
+    d.add_argument("--cache", choices=("memory", "disk", "none"), default="memory",
+                   help="keep decoded images after the first epoch: in memory, in a file in "
+                        "the run folder (large datasets), or not at all")
+    a = p.add_argument_group("augmentation (training only; 0 turns one off)")
+    a.add_argument("--no-augment", action="store_true", help="no augmentation at all")
+    a.add_argument("--rotation", type=float, default=40.0, help="max rotation, degrees")
+    a.add_argument("--shift", type=float, default=0.2, help="max shift, fraction of the size")
+    a.add_argument("--shear", type=float, default=0.2, help="max shear intensity")
+    a.add_argument("--zoom", type=float, default=0.2, help="max zoom in/out, fraction")
+    a.add_argument("--flip", choices=("horizontal", "vertical", "horizontal_and_vertical",
+                                      "none"), default="horizontal", help="random flips")
+    a.add_argument("--brightness", type=_brightness, default=(0.4, 1.5),
+                   help="brightness factor range LOW,HIGH (1 = off)")
+    a.add_argument("--contrast", type=float, default=0.0, help="max contrast change, fraction")
+    h = p.add_argument_group("hyperparameter search (KerasTuner)")
+    h.add_argument("--tune", action="store_true",
+                   help="search learning rate, dropout, unfreeze depth and alpha first, then "
+                        "train with the best configuration")
+    h.add_argument("--max-trials", type=_int_at_least(1), default=10, help="trial budget")
+    h.add_argument("--tune-epochs", type=_int_at_least(1), default=5,
+                   help="head-training epochs per trial (fine-tuning trials get as many)")
     return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig the parsed arguments describe."""
+    from .augment import Augment
+    from .config import TrainConfig
+
+    augment = None if args.no_augment else Augment(
+        rotation=args.rotation, shift=args.shift, shear=args.shear, zoom=args.zoom,
+        flip=args.flip, brightness=args.brightness, contrast=args.contrast)
+    return TrainConfig(
+        data=args.data or "", out=args.out, weights=args.weights, alpha=args.alpha,
+        img_size=args.img_size, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
+        unfreeze=args.unfreeze, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        dropout=args.dropout, l2=args.l2, label_smoothing=args.label_smoothing,
+        patience=args.patience, augment=augment, resize=args.resize,
+        class_weights=not args.no_class_weights, min_per_class=args.min_per_class,
+        lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs, cache=args.cache,
+        strategy=args.strategy, seed=args.seed, force=args.force)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.resume and not args.data:
+        parser.error("--data is required (unless --resume)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .core import TrainConfig, fine_tune
-
     try:
-        cfg = TrainConfig(
-            data=args.data, out=args.out, weights=args.weights, alpha=args.alpha,
-            img_size=args.img_size, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
-            unfreeze=args.unfreeze, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, dropout=args.dropout, patience=args.patience,
-            augment=not args.no_augment, resize=args.resize,
-            class_weights=not args.no_class_weights, min_per_class=args.min_per_class,
-            lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
-            strategy=args.strategy, seed=args.seed, force=args.force)
-        fine_tune(cfg)
+        cfg = config_from_args(args)
+        if args.tune:
+            if args.resume:
+                raise EdgekitError("--tune and --resume cannot be combined")
+            from .tune import tune_then_train
+
+            tune_then_train(cfg, args.max_trials, args.tune_epochs)
+        else:
+            from .core import fine_tune
+
+            fine_tune(cfg, resume=args.resume)
     except EdgekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("interrupted; the run folder may be incomplete", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_OK
 

@@ -11,7 +11,7 @@ IMAGENET_SIZES = (96, 128, 160, 192, 224)
 
 
 def build_model(num_classes: int, alpha: float = 1.0, img_size: int = 224,
-                weights: str | None = "imagenet", dropout: float = 0.2):
+                weights: str | None = "imagenet", dropout: float = 0.2, l2: float = 0.0):
     """MobileNetV2 base (no top, average pooling) + Dropout + Dense softmax.
 
     The model takes raw 0-255 RGB; scaling to [-1, 1] (``mobilenet_v2.preprocess_input``)
@@ -24,6 +24,7 @@ def build_model(num_classes: int, alpha: float = 1.0, img_size: int = 224,
         weights: "imagenet", None (random init), or a path to a local ``.h5`` weights file
             (the no-top file Keras would download, for offline machines).
         dropout: dropout rate before the classifier.
+        l2: L2 penalty on the classifier's kernel (0 = none).
 
     Returns:
         (model, base): the full model and its MobileNetV2 base.
@@ -65,7 +66,9 @@ def build_model(num_classes: int, alpha: float = 1.0, img_size: int = 224,
         base.trainable = False
         x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    reg = keras.regularizers.L2(l2) if l2 else None
+    outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_regularizer=reg,
+                                 dtype="float32", name="classifier")(x)
     return keras.Model(inputs, outputs, name=f"mobilenetv2_{alpha}_{img_size}"), base
 
 
@@ -82,8 +85,8 @@ def batchnorm_layers(model) -> list:
     return found
 
 
-def recalibrate_batchnorm(model, images, batch_size: int = 32) -> None:
-    """Re-estimates BatchNorm moving statistics as an exact average over ``images``.
+def recalibrate_batchnorm(model, batches) -> None:
+    """Re-estimates BatchNorm moving statistics as an exact average over ``batches``.
 
     After training from scratch, the moving averages lag the weights; averaging the
     batch statistics of the final weights over the training set fixes the train/test gap.
@@ -96,10 +99,10 @@ def recalibrate_batchnorm(model, images, batch_size: int = 32) -> None:
         bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, "float32"))
         bn.moving_variance.assign(np.ones(bn.moving_variance.shape, "float32"))
     try:
-        for i, start in enumerate(range(0, len(images), batch_size)):
+        for i, batch in enumerate(batches):
             for bn in bns:
                 bn.momentum = i / (i + 1)  # running mean of per-batch statistics
-            model(images[start:start + batch_size].astype("float32"), training=True)
+            model(np.asarray(batch, "float32"), training=True)
     finally:
         for bn, m in zip(bns, saved):
             bn.momentum = m
