@@ -4,8 +4,9 @@ Usage:
     python -m train.bench_input --data DIR [--alpha A] [--img-size N] [--batch-size N]
                                 [--steps N] [--repeats N] [--json OUT.json]
 
-Trains the same MobileNetV2 (random init, so nothing is downloaded; the step costs the
-same as with ImageNet weights) on the same images, with the same augmentation, fed
+Trains the same MobileNetV2 (random init, so nothing is downloaded; a step costs the
+same as with ImageNet weights; by default with the base frozen as in the head phase) on
+the same images, with the same augmentation, fed
 three ways, and reports training images/s for each:
 
 * ``folder``: decoded from the files every step (``--cache none``; the worst case, and
@@ -31,8 +32,10 @@ TARGET_RATIO = 0.9
 
 
 def measure(data: str, alpha: float, img_size: int, batch: int, steps: int,
-            repeats: int) -> dict:
+            repeats: int, frozen: bool = True) -> dict:
     """Runs the comparison; returns the result dictionary (see the module docstring)."""
+    import warnings
+
     import keras
 
     from .augment import Augment, build_augmenter
@@ -47,7 +50,12 @@ def measure(data: str, alpha: float, img_size: int, batch: int, steps: int,
     cfg = TrainConfig(data=data, out="-", weights="none", alpha=alpha, img_size=img_size,
                       batch_size=batch)
     keras.utils.set_random_seed(0)
-    model, _ = build_and_compile(cfg, len(classes), None)
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our datasets shuffle
+    model, base = build_and_compile(cfg, len(classes), None)
+    if frozen:  # the default transfer-learning phase: frozen base, BatchNorm in inference
+        base.trainable = False
+        model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     aug = build_augmenter(Augment(), 0)
     t0 = time.perf_counter()
     x, y, _ = load_arrays(data, split.train, size, cfg.resize)
@@ -74,7 +82,8 @@ def measure(data: str, alpha: float, img_size: int, batch: int, steps: int,
     med = {k: statistics.median(v) for k, v in rates.items()}
     return {
         "data": str(data), "train_images": len(split.train), "alpha": alpha,
-        "img_size": img_size, "batch_size": batch, "steps": steps, "repeats": repeats,
+        "img_size": img_size, "batch_size": batch, "frozen_base": frozen, "steps": steps,
+        "repeats": repeats,
         "cpu_count": os.cpu_count(), "decode_all_to_memory_s": round(load_s, 2),
         "images_per_s": {k: round(v, 1) for k, v in med.items()},
         "images_per_s_all": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
@@ -94,17 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=10, help="timed training steps per repeat")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--phase", choices=("head", "full"), default="head",
+                   help="head: frozen base, as in the default transfer-learning phase (the "
+                        "fastest steps, so the hardest test for the pipeline); full: every "
+                        "layer trains, as with --weights none")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         res = measure(args.data, args.alpha, args.img_size, args.batch_size, args.steps,
-                      args.repeats)
+                      args.repeats, frozen=args.phase == "head")
     except EdgekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     r = res["images_per_s"]
-    print(f"MobileNetV2 {args.alpha}/{args.img_size}, batch {args.batch_size}, "
+    print(f"MobileNetV2 {args.alpha}/{args.img_size} ({args.phase}), batch {args.batch_size}, "
           f"{res['cpu_count']} CPUs: training images/s  folder {r['folder']:.1f}  "
           f"folder+cache {r['folder_cached']:.1f}  memory {r['memory']:.1f}")
     ok = res["ratio_folder_vs_memory"] >= TARGET_RATIO
