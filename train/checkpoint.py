@@ -3,9 +3,9 @@
 ``runs/NAME/checkpoints/`` holds:
 
 * ``last.keras``: the model with its optimizer state after the last finished epoch;
-* ``best.keras``: the best model so far on validation accuracy, over all phases and
-  resumes (a resumed run starts from the recorded best score, so a worse epoch after a
-  resume never replaces it);
+* ``best.keras``: the best model so far on validation accuracy (ties broken by the
+  validation loss), over all phases and resumes (a resumed run starts from the recorded
+  best score, so a worse epoch after a resume never replaces it);
 * ``state.json``: phase, epochs finished in it, best score, and the history so far;
 * ``data.json``: classes and the split, so a resumed run trains on the same files.
 """
@@ -20,6 +20,26 @@ from edge_runtime.errors import EdgekitError
 from edge_runtime.fileio import atomic_path, write_json
 
 PHASES = ("head", "fine_tune")
+SCORE = "val_score"  # what checkpoints, early stopping and plateau monitor; see score_callback
+
+
+def score_callback(n_val: int):
+    """Adds ``val_score`` to each epoch's logs: validation accuracy, ties broken by loss.
+
+    ``val_accuracy + (1 / (1 + val_loss)) / (n_val + 1)``: the loss term is smaller than
+    one image's worth of accuracy, so a more accurate epoch always wins, and among equally
+    accurate ones (common once a small validation split saturates) the more confident one
+    wins instead of simply the first. Must come before the callbacks that monitor it.
+    """
+    import keras
+
+    class Score(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None and "val_accuracy" in logs and "val_loss" in logs:
+                loss = max(0.0, float(logs["val_loss"]))
+                logs[SCORE] = float(logs["val_accuracy"]) + 1.0 / (1.0 + loss) / (n_val + 1)
+
+    return Score()
 
 
 @dataclass
@@ -30,7 +50,7 @@ class State:
         phase: "head" or "fine_tune".
         epoch: epochs finished in ``phase``.
         phase_done: the phase ended (all epochs run, or early stopping).
-        best: best validation accuracy so far (-1 before the first epoch).
+        best: best ``val_score`` so far (-1 before the first epoch).
         history: per-epoch logs of all finished epochs, all phases.
     """
 
@@ -97,9 +117,9 @@ def callback(out: Path, state: State):
             for k, v in logs.items():
                 state.history.setdefault(k, []).append(float(v))
             state.epoch = epoch + 1
-            acc = logs.get("val_accuracy")
-            if acc is not None and acc > state.best:
-                state.best = float(acc)
+            score = logs.get(SCORE)
+            if score is not None and score > state.best:
+                state.best = float(score)
             save_model(self.model, folder(out) / "last.keras")
             save_state(out, state)
 
@@ -107,11 +127,11 @@ def callback(out: Path, state: State):
 
 
 def best_checkpoint(out: Path, state: State):
-    """``ModelCheckpoint`` of the best validation accuracy, starting from ``state.best``."""
+    """``ModelCheckpoint`` of the best ``val_score``, starting from ``state.best``."""
     import keras
 
     return keras.callbacks.ModelCheckpoint(
-        str(folder(out) / "best.keras"), monitor="val_accuracy", mode="max",
+        str(folder(out) / "best.keras"), monitor=SCORE, mode="max",
         save_best_only=True, initial_value_threshold=state.best if state.best >= 0 else None)
 
 

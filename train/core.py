@@ -123,7 +123,7 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         state = ckpt.load_state(out)
         cfg = replace(TrainConfig.load(out / "train_config.json"), out=str(out))
         print(f"resuming {out}: {state.phase} phase after epoch {state.epoch}, best val "
-              f"accuracy so far {state.best:.4f}", file=sys.stderr)
+              f"score so far {state.best:.4f}", file=sys.stderr)
     else:
         cfg = replace(cfg, out=str(out))
         state = ckpt.State()
@@ -171,15 +171,16 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     (out / "checkpoints").mkdir(exist_ok=True)
 
     def callbacks(phase_epochs: int) -> list:
-        cbs = [keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience,
-                                             restore_best_weights=True),
+        cbs = [ckpt.score_callback(len(x_va)),
+               keras.callbacks.EarlyStopping(monitor=ckpt.SCORE, mode="max",
+                                             patience=cfg.patience, restore_best_weights=True),
                keras.callbacks.CSVLogger(str(out / "history.csv"),
                                          append=resume or state.phase != "head"),
                ckpt.best_checkpoint(out, state), ckpt.callback(out, state),
                keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False)]
         if cfg.lr_schedule == "plateau":
             cbs.append(keras.callbacks.ReduceLROnPlateau(
-                monitor="val_accuracy", mode="max", factor=0.2,
+                monitor=ckpt.SCORE, mode="max", factor=0.2,
                 patience=max(1, cfg.patience // 2), min_lr=cfg.learning_rate / 1000))
         return cbs
 
@@ -245,7 +246,7 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     manifest.save(out / "manifest.json")
     write_json(out / "metrics.json", {"test": test, "val": {"top1": val["top1"]},
                                       "epochs_run": len(hist.get("loss", [])),
-                                      "best_val_accuracy_during_training": state.best,
+                                      "best_val_score_during_training": state.best,
                                       "class_weights": cw,
                                       "train_seconds": round(train_seconds, 1)})
     write_text(out / "metrics_summary.txt",
