@@ -62,10 +62,10 @@ def measure(data: str, alpha: float, img_size: int, batch: int, steps: int,
     load_s = time.perf_counter() - t0
     sources = {
         "folder": file_dataset(data, split.train, size, cfg.resize, batch, 0, train=True,
-                               augmenter=aug, cache="none").repeat(),
+                               augmenter=aug, cache="none", repeat=True),
         "folder_cached": file_dataset(data, split.train, size, cfg.resize, batch, 0,
-                                      train=True, augmenter=aug, cache="memory").repeat(),
-        "memory": memory_dataset(x, y, batch, 0, train=True, augmenter=aug).repeat(),
+                                      train=True, augmenter=aug, cache="memory", repeat=True),
+        "memory": memory_dataset(x, y, batch, 0, train=True, augmenter=aug, repeat=True),
     }
     rates: dict[str, list[float]] = {k: [] for k in sources}
     model.fit(sources["memory"], epochs=1, steps_per_epoch=3, verbose=0)  # trace the graph

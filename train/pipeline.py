@@ -32,7 +32,7 @@ def _decoder(root: Path, size: tuple[int, int], resize: str):
 def file_dataset(root: str | Path, items: list[tuple[str, int]], size: tuple[int, int],
                  resize: str, batch: int, seed: int, *, train: bool, augmenter=None,
                  cache: str = "memory", cache_dir: str | Path | None = None,
-                 name: str = "train"):
+                 name: str = "train", repeat: bool = False):
     """Batches of (float32 0-255 RGB images, class indices) decoded from ``items``.
 
     Args:
@@ -46,6 +46,7 @@ def file_dataset(root: str | Path, items: list[tuple[str, int]], size: tuple[int
         cache: "memory", "disk" (a cache file under ``cache_dir``) or "none".
         cache_dir: folder for the disk cache.
         name: cache file name stem.
+        repeat: repeat forever (before batching, so every batch is full).
     """
     import tensorflow as tf
 
@@ -67,23 +68,25 @@ def file_dataset(root: str | Path, items: list[tuple[str, int]], size: tuple[int
         folder = Path(cache_dir or ".")
         folder.mkdir(parents=True, exist_ok=True)
         ds = ds.cache(str(folder / f"{name}-{h}x{w}-{resize}"))
-    return _finish(ds, len(items), batch, seed, train, augmenter)
+    return _finish(ds, len(items), batch, seed, train, augmenter, repeat)
 
 
 def memory_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, *, train: bool,
-                   augmenter=None):
+                   augmenter=None, repeat: bool = False):
     """The same batches from images already decoded into memory (uint8 [N, H, W, 3])."""
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
-    return _finish(ds, len(x), batch, seed, train, augmenter)
+    return _finish(ds, len(x), batch, seed, train, augmenter, repeat)
 
 
-def _finish(ds, n: int, batch: int, seed: int, train: bool, augmenter):
+def _finish(ds, n: int, batch: int, seed: int, train: bool, augmenter, repeat: bool = False):
     import tensorflow as tf
 
     if train:
         ds = ds.shuffle(max(1, n), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
     ds = ds.batch(batch).map(lambda a, b: (tf.cast(a, tf.float32), b),
                              num_parallel_calls=tf.data.AUTOTUNE)
     if train and augmenter is not None:
