@@ -2,11 +2,16 @@
 
 Usage:
     python -m edge_runtime.bench_pipeline --model M.tflite [--video V.avi] [--frames 1000]
-        [--threads N] [--source-fps F] [--json OUT.json]
+        [--threads N] [--source-fps F] [--source file|camera|camera-mjpg] [--json OUT]
 
 Without ``--video`` a 640x480 MJPG test video is written to a temporary folder. The
 source is replayed in real time at ``--source-fps`` (default: twice the bare inference
 rate, so frames arrive faster than inference and only the newest is classified).
+``--source file`` (the default) reads the video through OpenCV's FFmpeg backend, which
+decodes every frame inside ``grab()``; ``--source camera`` / ``camera-mjpg`` play its
+frames from memory through a simulated V4L2 camera instead (``grab()`` waits for the next
+frame, ``retrieve()`` converts it from YUYV / decodes its JPEG, as OpenCV does for a USB
+camera).
 Reports, with the targets from the daemon's specification:
 
 * per-frame cost (hand-off + preprocess + invoke + postprocess) / bare ``invoke()``;
@@ -79,6 +84,61 @@ def make_video(path: Path, frames: int = 300, size: tuple[int, int] = (640, 480)
     return path
 
 
+class SimCamera:
+    """A live camera from a video's frames: ``grab()`` blocks until the next frame is due
+    at ``fps`` (a frame missed is skipped, as a camera's driver does), ``retrieve()``
+    converts it from YUYV (or decodes it from JPEG, ``mjpg``) to BGR, the way OpenCV's
+    V4L2 backend hands over a USB camera's frame. The methods the capture thread uses."""
+
+    def __init__(self, video: Path, fps: float, mjpg: bool = False, limit: int = 300) -> None:
+        cap = cv2.VideoCapture(str(video))
+        self.frames = []
+        self.mjpg = mjpg
+        while len(self.frames) < limit:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            self.frames.append(cv2.imencode(".jpg", bgr)[1] if mjpg else
+                               cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_YUYV))
+        cap.release()
+        if not self.frames:
+            raise EdgekitError(f"no frame could be read from {video}")
+        self.period = 1.0 / fps
+        self.t0 = time.monotonic()
+        self.index = -1
+
+    def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name
+        return True
+
+    def grab(self) -> bool:
+        n = int((time.monotonic() - self.t0) / self.period) + 1
+        n = max(n, self.index + 1)
+        delay = self.t0 + n * self.period - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self.index = n
+        return True
+
+    def retrieve(self) -> tuple[bool, np.ndarray]:
+        raw = self.frames[self.index % len(self.frames)]
+        if self.mjpg:
+            return True, cv2.imdecode(raw, cv2.IMREAD_COLOR)
+        return True, cv2.cvtColor(raw, cv2.COLOR_YUV2BGR_YUYV)
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        self.grab()
+        return self.retrieve()
+
+    def get(self, _prop: int) -> float:
+        return 1.0 / self.period
+
+    def set(self, _prop: int, _value: float) -> bool:
+        return False
+
+    def release(self) -> None:
+        self.frames = []
+
+
 def bare_invoke(model: Path, threads: int | None, runs: int = 300) -> list[float]:
     """``invoke()`` latencies (seconds) with the input written once, warm-up excluded."""
     clf = Classifier(model, threads=threads)
@@ -117,7 +177,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_bench(model: Path, video: Path, frames: int, threads: int | None,
-              source_fps: float | None) -> dict:
+              source_fps: float | None, source: str = "file") -> dict:
     """Runs every measure; returns the report."""
     bare = bare_invoke(model, threads)
     bare_mean = statistics.fmean(bare)
@@ -127,9 +187,14 @@ def run_bench(model: Path, video: Path, frames: int, threads: int | None,
                       + ([f"model.threads={threads}"] if threads else []), environ={})
     rec = _Recorder(frames, max(1, frames // 10))
     clf = Classifier(model, threads=threads)
-    from .camera import parse_source
+    from .camera import Source, parse_source
 
-    cap = Capture(parse_source(str(video)), cfg.camera, cfg.watchdog).start()
+    if source in ("camera", "camera-mjpg"):
+        sim = SimCamera(video, fps, mjpg=source == "camera-mjpg")
+        cap = Capture(Source("camera", 0), cfg.camera, cfg.watchdog,
+                      opener=lambda _s, _c: sim).start()
+    else:
+        cap = Capture(parse_source(str(video)), cfg.camera, cfg.watchdog).start()
     with open(os.devnull, "w", encoding="utf-8") as null:
         from .outputs import JsonlWriter
 
@@ -145,7 +210,8 @@ def run_bench(model: Path, video: Path, frames: int, threads: int | None,
     rss = rec.rss
     report = {
         "model": str(model), "threads": threads or "default", "frames": summary["frames"],
-        "source": f"{video} replayed at {fps:.0f} fps",
+        "source": (f"{video} replayed" if source == "file" else f"simulated {source} from "
+                   f"{video}") + f" at {fps:.0f} fps",
         "bare_invoke_ms": {"mean": bare_mean * 1e3, "p50": pct(bare, 0.5) * 1e3,
                            "p95": pct(bare, 0.95) * 1e3},
         "pipeline_invoke_ms": {"mean": statistics.fmean(invoke) * 1e3,
@@ -179,12 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--source-fps", type=float, default=None)
+    p.add_argument("--source", choices=("file", "camera", "camera-mjpg"), default="file",
+                   help="the video file through FFmpeg, or a simulated YUYV / MJPG camera")
     p.add_argument("--json", type=Path, default=None, help="write the report here too")
     args = p.parse_args(argv)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             video = args.video or make_video(Path(tmp) / "bench_640x480.avi")
-            report = run_bench(args.model, video, args.frames, args.threads, args.source_fps)
+            report = run_bench(args.model, video, args.frames, args.threads, args.source_fps,
+                               args.source)
     except EdgekitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import time
 
-import cv2
 import numpy as np
 
 from .classify import Classifier, dequantize, set_input, softmax
-from .preprocess import center_crop
+from .preprocess import fit_frame
 
 
 class FrameClassifier:
     """Classifies BGR frames with a :class:`Classifier`, preprocessing once per frame.
 
-    The frame is centre-cropped (a view, when the manifest says so), resized in BGR into a
-    reusable buffer, then converted to RGB by ``cv2.cvtColor`` writing straight into the
-    interpreter's input tensor when the model takes raw uint8 pixels (the usual case).
-    Resizing before the channel swap gives the same pixels as :meth:`Classifier.scores`
-    on the RGB frame, with one small conversion instead of a full-frame one. Other inputs
-    (float, int8, normalised) go through :func:`edge_runtime.classify.set_input`.
+    :func:`edge_runtime.preprocess.fit_frame` crops (a view), resizes the BGR frame into a
+    reusable buffer and swaps channels on the small image, writing straight into the
+    interpreter's input tensor when the model takes raw uint8 pixels (the usual case):
+    the same pixels as :meth:`Classifier.scores` on the RGB frame, for a fraction of the
+    work. Other inputs (float, int8, normalised) go through
+    :func:`edge_runtime.classify.set_input`.
 
     The tensor view is dropped before ``invoke()``; use one instance per thread.
 
@@ -40,7 +39,8 @@ class FrameClassifier:
             step = norm.std * spec.scale
             offset = spec.zero_point - norm.mean / step
             self.direct = abs(step - 1.0) < 1e-4 and abs(offset) < 1e-3
-        self._buf = np.empty((spec.height, spec.width, 3), np.uint8)
+        self._work = np.empty((spec.height, spec.width, 3), np.uint8)
+        self._img = None if self.direct else np.empty_like(self._work)
         out = self.interpreter.get_output_details()[0]
         self._out_index = out["index"]
         self._out_scale = float(out["quantization"][0])
@@ -48,36 +48,19 @@ class FrameClassifier:
         self.last_preprocess_ms = 0.0
         self.last_invoke_ms = 0.0
 
-    def _resized(self, bgr: np.ndarray) -> np.ndarray:
-        """The frame cropped as the manifest says and resized to the model's input (BGR)."""
-        if bgr.ndim == 2 or bgr.shape[2] == 1:
-            bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-        elif bgr.shape[2] == 4:
-            bgr = cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
-        h, w = self.size
-        if self.classifier.resize == "center_crop":
-            bgr = center_crop(bgr, w / h)
-        if bgr.shape[0] == h and bgr.shape[1] == w:
-            return bgr
-        shrinking = bgr.shape[0] * bgr.shape[1] > h * w
-        cv2.resize(bgr, (w, h), dst=self._buf,
-                   interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-        return self._buf
-
     def write_input(self, bgr: np.ndarray) -> None:
         """Preprocesses a BGR frame into the input tensor."""
-        small = self._resized(bgr)
-        keep_bgr = self.classifier.bgr_input
+        c = self.classifier
+        rgb = not c.bgr_input
         if self.direct:
             view = self.interpreter.tensor(self.spec.index)()
-            if keep_bgr:
-                view[0][...] = small
-            else:
-                cv2.cvtColor(small, cv2.COLOR_BGR2RGB, dst=view[0])
-            del view  # never hold a tensor view across invoke()
+            try:
+                fit_frame(bgr, self.size, c.resize, out=view[0], work=self._work, rgb=rgb)
+            finally:
+                del view  # never hold a tensor view across invoke()
             return
-        img = small if keep_bgr else cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
-        set_input(self.interpreter, self.spec, img, self.classifier.normalization, "stretch")
+        img = fit_frame(bgr, self.size, c.resize, out=self._img, work=self._work, rgb=rgb)
+        set_input(self.interpreter, self.spec, img, c.normalization, "stretch")
 
     def scores(self, bgr: np.ndarray) -> np.ndarray:
         """Per-class probabilities for a BGR frame of any size.

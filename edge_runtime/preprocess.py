@@ -3,7 +3,9 @@
 Training, calibration, evaluation and the camera loop all turn an image into model input
 with these functions, so a model sees the same pixels in the field as in training:
 decode with OpenCV, convert BGR to RGB once, then resize (stretch or centre crop) with
-``INTER_AREA`` when shrinking and ``INTER_LINEAR`` when enlarging.
+``INTER_AREA`` when shrinking and ``INTER_LINEAR`` when enlarging. :func:`fit_frame` is the
+same transform for camera frames, reordered to be cheap (crop, resize, then swap channels
+on the small image) and bit-identical to ``fit(bgr_to_rgb(frame))``.
 """
 
 from __future__ import annotations
@@ -80,20 +82,76 @@ def fit(img: np.ndarray, size: tuple[int, int], resize: str = "stretch",
         The resized image (``out`` when given).
     """
     h, w = size
-    if resize == "center_crop":
-        img = center_crop(img, w / h)
-    elif resize != "stretch":
-        raise ValueError(f"resize {resize!r}, expected 'stretch' or 'center_crop'")
+    img = _crop(img, size, resize)
     if img.shape[0] == h and img.shape[1] == w:
         if out is None:
             return np.ascontiguousarray(img)
         out[...] = img
         return out
-    shrinking = img.shape[0] * img.shape[1] > h * w
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     if out is None:
-        return cv2.resize(img, (w, h), interpolation=interp)
-    cv2.resize(img, (w, h), dst=out, interpolation=interp)
+        return cv2.resize(img, (w, h), interpolation=_interpolation(img, size))
+    cv2.resize(img, (w, h), dst=out, interpolation=_interpolation(img, size))
+    return out
+
+
+def _crop(img: np.ndarray, size: tuple[int, int], resize: str) -> np.ndarray:
+    """The part of ``img`` that is resized to ``size``: all of it, or a centred view."""
+    if resize == "center_crop":
+        return center_crop(img, size[1] / size[0])
+    if resize != "stretch":
+        raise ValueError(f"resize {resize!r}, expected 'stretch' or 'center_crop'")
+    return img
+
+
+def _interpolation(img: np.ndarray, size: tuple[int, int]) -> int:
+    """``INTER_AREA`` when shrinking (no aliasing), ``INTER_LINEAR`` when enlarging."""
+    return cv2.INTER_AREA if img.shape[0] * img.shape[1] > size[0] * size[1] \
+        else cv2.INTER_LINEAR
+
+
+def fit_frame(frame: np.ndarray, size: tuple[int, int], resize: str = "stretch",
+              out: np.ndarray | None = None, work: np.ndarray | None = None,
+              rgb: bool = True) -> np.ndarray:
+    """A camera frame (BGR, BGRA or grey) as model input: ``fit(bgr_to_rgb(frame))``.
+
+    Same pixels, less work: the crop is a view, the resize runs on the BGR frame (into
+    ``work`` when given), and the channel swap runs on the small result, written into
+    ``out``. Both reorderings are exact: resizing treats channels independently, so
+    swapping them before or after gives identical bytes (the tests check this).
+
+    Args:
+        frame: (H, W, 3) BGR, (H, W, 4) BGRA, or (H, W) / (H, W, 1) grey uint8 frame.
+        size: target (height, width).
+        resize: "stretch" or "center_crop".
+        out: optional (height, width, 3) uint8 array for the result (e.g. the input tensor).
+        work: optional (height, width, 3) uint8 scratch array for the BGR resize.
+        rgb: False keeps BGR (for a model whose manifest says BGR).
+
+    Returns:
+        The (height, width, 3) image (``out`` when given).
+    """
+    h, w = size
+    if out is None:
+        out = np.empty((h, w, 3), np.uint8)
+    elif out.shape != (h, w, 3) or out.dtype != np.uint8:
+        # OpenCV would silently write a new array instead of this one.
+        raise ValueError(f"out is {out.dtype} {list(out.shape)}, expected uint8 [{h}, {w}, 3]")
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    frame = _crop(frame, size, resize)
+    if frame.shape[0] == h and frame.shape[1] == w:
+        small = frame
+    else:
+        if work is None:
+            work = np.empty((h, w, 3), np.uint8)
+        small = work
+        cv2.resize(frame, (w, h), dst=small, interpolation=_interpolation(frame, size))
+    if rgb:
+        cv2.cvtColor(small, cv2.COLOR_BGR2RGB, dst=out)
+    else:
+        out[...] = small
     return out
 
 

@@ -167,6 +167,21 @@ def test_capture_stop_is_fast_even_with_a_wedged_read():
     assert time.monotonic() - t0 < 1.5
 
 
+def test_bench_simulated_camera_paces_skips_and_decodes(tmp_path):
+    from edge_runtime.bench_pipeline import SimCamera, make_video
+
+    video = make_video(tmp_path / "v.avi", frames=5, size=(64, 48))
+    for mjpg in (False, True):
+        cam = SimCamera(video, fps=100, mjpg=mjpg)
+        t0 = time.monotonic()
+        ok, first = cam.read()
+        assert ok and first.shape == (48, 64, 3) and first.dtype == np.uint8
+        time.sleep(0.035)  # a camera does not wait: frames due meanwhile are skipped
+        assert cam.grab() and cam.index >= 4
+        assert cam.grab() and time.monotonic() - t0 >= 0.04
+        assert cam.retrieve()[1].shape == (48, 64, 3)
+
+
 def test_file_capture_is_lossless_and_ends(tmp_path):
     frames = [img(i) for i in range(30)]
     cap = Capture(Source("file", "x.avi"), CameraSettings(), FAST,

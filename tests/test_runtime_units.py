@@ -17,7 +17,7 @@ from edge_runtime.classify import (
 )
 from edge_runtime.labels import parse_labels
 from edge_runtime.manifest import Manifest, Normalization
-from edge_runtime.preprocess import center_crop, fit
+from edge_runtime.preprocess import bgr_to_rgb, center_crop, fit, fit_frame
 
 
 def test_labels_one_per_line_keeps_line_numbers():
@@ -101,6 +101,56 @@ def test_fit_resizes_into_given_buffer_and_crops():
     assert out.min() == 255
     assert center_crop(img, 1.0).shape == (100, 100, 3)
     assert fit(img, (10, 20)).shape == (10, 20, 3)
+
+
+def _frame(h: int, w: int, c: int | None = 3, seed: int = 0) -> np.ndarray:
+    """A noisy frame with sharp edges: every rounding difference would show."""
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if c is None else (h, w, c)
+    img = rng.integers(0, 256, shape, dtype=np.uint8)
+    img[h // 3: h // 2] = 255
+    return img
+
+
+FRAME_SHAPES = [(480, 640, 3), (720, 1280, 3), (481, 643, 3), (120, 160, 3), (224, 224, 3),
+                (448, 448, 3), (480, 640, 4), (480, 640, None), (240, 320, 1)]
+
+
+@pytest.mark.parametrize("shape", FRAME_SHAPES, ids=str)
+@pytest.mark.parametrize("resize", ["stretch", "center_crop"])
+@pytest.mark.parametrize("size", [(224, 224), (96, 128)], ids=str)
+def test_fit_frame_is_bit_identical_to_the_training_preprocessing(shape, resize, size):
+    frame = _frame(*shape)
+    want = fit(bgr_to_rgb(frame), size, resize)  # what training and Classifier.scores do
+    work, out = np.empty((*size, 3), np.uint8), np.zeros((*size, 3), np.uint8)
+    assert fit_frame(frame, size, resize, out=out, work=work) is out
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(fit_frame(frame, size, resize), want)
+    if frame.ndim == 3 and frame.shape[2] == 3:  # a BGR model keeps the channel order
+        np.testing.assert_array_equal(fit_frame(frame, size, resize, rgb=False),
+                                      fit(frame, size, resize))
+
+
+def test_fit_frame_writes_into_a_tensor_slice_and_refuses_a_wrong_buffer():
+    frame = _frame(480, 640)
+    tensor = np.zeros((1, 224, 224, 3), np.uint8)
+    fit_frame(frame, (224, 224), out=tensor[0])
+    np.testing.assert_array_equal(tensor[0], fit(bgr_to_rgb(frame), (224, 224)))
+    with pytest.raises(ValueError, match=r"expected uint8 \[224, 224, 3\]"):
+        fit_frame(frame, (224, 224), out=np.zeros((224, 225, 3), np.uint8))
+
+
+def test_frame_classifier_feeds_the_model_what_classify_does(coral):
+    from edge_runtime.classify import Classifier
+    from edge_runtime.infer import FrameClassifier
+
+    clf = Classifier(coral / "mobilenet_v2_1.0_224_quant.tflite", threads=1)
+    frames = FrameClassifier(clf)
+    for frame in (_frame(480, 640), _frame(300, 500, seed=1), _frame(480, 640, 4)):
+        got = frames.scores(frame)
+        tensor = clf.interpreter.get_tensor(clf.spec.index)
+        np.testing.assert_array_equal(tensor[0], fit(bgr_to_rgb(frame), (224, 224)))
+        np.testing.assert_array_equal(got, clf.scores(bgr_to_rgb(frame)))
 
 
 def test_manifest_round_trip_and_validation():
