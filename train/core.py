@@ -147,7 +147,7 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     import tensorflow as tf
 
     from .augment import build_augmenter
-    from .pipeline import file_dataset
+    from .pipeline import file_dataset, memory_dataset
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same model
@@ -159,8 +159,7 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     train_ds = file_dataset(root, split.train, size, cfg.resize, cfg.batch_size, cfg.seed,
                             train=True, augmenter=augmenter, cache=cfg.cache,
                             cache_dir=out / "data_cache")
-    val_ds = tf.data.Dataset.from_tensor_slices((x_va, y_va)).batch(cfg.batch_size).map(
-        lambda a, b: (tf.cast(a, tf.float32), b))
+    val_ds = memory_dataset(x_va, y_va, cfg.batch_size, cfg.seed, train=False)
     if onehot:
         train_ds, val_ds = train_ds.map(onehot), val_ds.map(onehot)
     cw = class_weights(split, k) if cfg.class_weights else None

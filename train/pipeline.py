@@ -94,13 +94,3 @@ def _finish(ds, n: int, batch: int, seed: int, train: bool, augmenter, repeat: b
                     num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
-
-def images_and_labels(ds) -> tuple[np.ndarray, np.ndarray]:
-    """Unbatches a (non-augmented) dataset into arrays (for prediction and BatchNorm)."""
-    xs, ys = [], []
-    for x, y in ds:
-        xs.append(x.numpy())
-        ys.append(y.numpy())
-    if not xs:
-        return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
-    return np.concatenate(xs), np.concatenate(ys)
