@@ -48,7 +48,8 @@ def _progress(done: int, total: int, what: str) -> None:
 
 
 def representative_dataset(root: Path, items: list[tuple[str, int]], size: tuple[int, int],
-                           count: int, seed: int, resize: str = "stretch"):
+                           count: int, seed: int, resize: str = "stretch",
+                           interpolation: str = "linear"):
     """A calibration generator: ``count`` training images, stratified round-robin over
     classes, through the runtime's own preprocessing.
 
@@ -68,7 +69,7 @@ def representative_dataset(root: Path, items: list[tuple[str, int]], size: tuple
                 chosen.append((by_class[ci].pop(), ci))
     images = []
     for i, item in enumerate(chosen, 1):
-        images.append(load_arrays(root, [item], size, resize)[0])
+        images.append(load_arrays(root, [item], size, resize, interpolation)[0])
         _progress(i, len(chosen), "calibration images")
     images = [im for im in images if len(im)]
 
@@ -133,7 +134,8 @@ def _exported_manifest(src: Source, provenance: dict, quant: dict | None) -> Man
     if quant is not None:
         extra["quantization"] = quant
     return Manifest(labels=m.labels, input_size=m.input_size, color_order=m.color_order,
-                    normalization=m.normalization, resize=m.resize, extra=extra)
+                    normalization=m.normalization, resize=m.resize, extra=extra,
+                    interpolation=m.interpolation)
 
 
 def _io_quantization(data: bytes) -> dict:
@@ -222,7 +224,8 @@ def export(target: str | Path, variants: list[str] | None = None, calib: int = 3
                 if src.split is None:
                     raise EdgekitError("int8 needs calibration images: pass --data DIR")
                 rep, n = representative_dataset(src.data_root, src.split.train, size, calib,
-                                                src.seed, src.manifest.resize)
+                                                src.seed, src.manifest.resize,
+                                                src.manifest.interpolation)
                 if n < min(100, calib):
                     print(f"warning: only {n} calibration images (fewer than 100)",
                           file=sys.stderr)

@@ -55,7 +55,7 @@ class Source:
         if self.split is None or self.data_root is None:
             return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0, np.int64), []
         return load_arrays(self.data_root, self.split.test, self.manifest.input_size,
-                           self.manifest.resize)
+                           self.manifest.resize, self.manifest.interpolation)
 
 
 def open_source(target: str | Path, labels: str | Path | None = None,

@@ -19,7 +19,7 @@ from .errors import EdgekitError
 from .labels import read_labels
 from .manifest import Manifest, Normalization, manifest_beside
 from .metadata import read_embedded_manifest
-from .preprocess import fit, load_image
+from .preprocess import DEFAULT_INTERPOLATION, INTERPOLATIONS, fit, load_image
 
 # TFLite quantizes softmax/logistic outputs with this fixed scale (uint8 zp 0, int8 -128).
 _PROB_SCALE = 1.0 / 256.0
@@ -99,7 +99,7 @@ def default_normalization(spec: InputSpec) -> Normalization:
 
 
 def set_input(interp: Any, spec: InputSpec, rgb: np.ndarray, norm: Normalization,
-              resize: str = "stretch") -> None:
+              resize: str = "stretch", interpolation: str = DEFAULT_INTERPOLATION) -> None:
     """Resizes ``rgb`` and writes it into the input tensor, quantizing as the tensor says.
 
     When the normalization cancels the quantization (uint8 pixels go in as they are, the
@@ -108,7 +108,7 @@ def set_input(interp: Any, spec: InputSpec, rgb: np.ndarray, norm: Normalization
     """
     size = (spec.height, spec.width)
     if spec.dtype == np.float32:
-        x = fit(rgb, size, resize).astype(np.float32)
+        x = fit(rgb, size, resize, interpolation=interpolation).astype(np.float32)
         if norm.mean != 0.0 or norm.std != 1.0:
             x -= norm.mean
             x /= norm.std
@@ -122,17 +122,19 @@ def set_input(interp: Any, spec: InputSpec, rgb: np.ndarray, norm: Normalization
     if abs(step - 1.0) < 1e-4:
         if spec.dtype == np.uint8 and abs(offset) < 1e-3:
             view = interp.tensor(spec.index)()
-            fit(rgb, size, resize, out=view[0])
+            fit(rgb, size, resize, out=view[0], interpolation=interpolation)
             del view
             return
         if spec.dtype == np.int8 and abs(offset + 128.0) < 1e-3:
             # p - 128 as int8 is p with its top bit flipped.
             # Not in place: fit() may return the caller's own array when no resize is needed.
-            img = np.bitwise_xor(fit(rgb, size, resize), np.uint8(0x80))
+            img = np.bitwise_xor(fit(rgb, size, resize, interpolation=interpolation),
+                                 np.uint8(0x80))
             interp.set_tensor(spec.index, img.view(np.int8)[None])
             return
     info = np.iinfo(spec.dtype)
-    q = np.rint(fit(rgb, size, resize).astype(np.float32) / step + offset)
+    small = fit(rgb, size, resize, interpolation=interpolation)
+    q = np.rint(small.astype(np.float32) / step + offset)
     interp.set_tensor(spec.index, np.clip(q, info.min, info.max).astype(spec.dtype)[None])
 
 
@@ -219,6 +221,8 @@ class Classifier:
         edgetpu: False, True or an Edge TPU device string ("usb", "usb:0", "pci:0").
         normalization: overrides the manifest's / default normalization.
         use_manifest: read ``manifest.json`` beside the model when there is one.
+        interpolation: overrides the manifest's resize interpolation ("linear", "area");
+            a model with no manifest gets "area".
 
     Raises:
         EdgekitError: the model cannot be loaded or is not an image classifier.
@@ -226,7 +230,8 @@ class Classifier:
 
     def __init__(self, model_path: str | Path, labels: str | Path | dict[int, str] | None = None,
                  threads: int | None = None, edgetpu: bool | str = False,
-                 normalization: Normalization | None = None, use_manifest: bool = True) -> None:
+                 normalization: Normalization | None = None, use_manifest: bool = True,
+                 interpolation: str | None = None) -> None:
         self.model_path = Path(model_path)
         t0 = time.perf_counter()
         self.interpreter = _backend.make_interpreter(self.model_path, threads, edgetpu)
@@ -257,6 +262,12 @@ class Classifier:
         self.normalization = normalization or (
             self.manifest.normalization if self.manifest else default_normalization(self.spec))
         self.resize = self.manifest.resize if self.manifest else "stretch"
+        # Without a manifest: "area", which reproduces pycoral's scores for Coral's models.
+        self.interpolation = interpolation or (
+            self.manifest.interpolation if self.manifest else "area")
+        if self.interpolation not in INTERPOLATIONS:
+            raise EdgekitError(f"interpolation {self.interpolation!r}, expected one of "
+                               f"{', '.join(INTERPOLATIONS)}")
         self.bgr_input = bool(self.manifest and self.manifest.color_order == "BGR")
         out = self.interpreter.get_output_details()[0]
         self._out_index = out["index"]
@@ -273,7 +284,8 @@ class Classifier:
         """Runs the model on an RGB image of any size; returns per-class probabilities."""
         if self.bgr_input:
             rgb = rgb[..., ::-1]
-        set_input(self.interpreter, self.spec, rgb, self.normalization, self.resize)
+        set_input(self.interpreter, self.spec, rgb, self.normalization, self.resize,
+                  self.interpolation)
         t0 = time.perf_counter()
         self.interpreter.invoke()
         self.last_invoke_ms = (time.perf_counter() - t0) * 1000.0

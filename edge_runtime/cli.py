@@ -65,6 +65,8 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="pixel mean for a model with no manifest (input = (pixel-mean)/std)")
     p.add_argument("--input-std", type=float, default=None,
                    help="pixel std for a model with no manifest")
+    p.add_argument("--interpolation", choices=("linear", "area"), default=None,
+                   help="how images are shrunk (default: the manifest's; 'area' without one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +135,8 @@ def _classifier(args: argparse.Namespace):
     from .classify import Classifier
 
     return Classifier(args.model, labels=args.labels, threads=args.threads,
-                      edgetpu=args.edgetpu, normalization=_normalization(args))
+                      edgetpu=args.edgetpu, normalization=_normalization(args),
+                      interpolation=args.interpolation)
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -165,7 +168,8 @@ def _run_config(args: argparse.Namespace):
     flags = list(args.set)
     for key, value in (("model.path", args.model), ("camera.source", args.source),
                        ("model.threads", args.threads), ("classify.threshold", args.threshold),
-                       ("output.jsonl", args.output)):
+                       ("output.jsonl", args.output),
+                       ("model.interpolation", args.interpolation)):
         if value is not None:
             flags.append(f"{key}={value}")
     if args.edgetpu:
@@ -193,13 +197,15 @@ def _open_classifier(cfg, norm):
     m = cfg.model
     edgetpu = (m.edgetpu_device or True) if m.delegate == "edgetpu" else False
     try:
-        return (Classifier(m.path, threads=m.threads, edgetpu=edgetpu, normalization=norm),
+        return (Classifier(m.path, threads=m.threads, edgetpu=edgetpu, normalization=norm,
+                           interpolation=m.interpolation),
                 "edgetpu" if edgetpu else "cpu")
     except EdgekitError as e:
         if not (edgetpu and m.fallback):
             raise
         print(f"warning: {e}; falling back to the CPU model {m.fallback}", file=sys.stderr)
-        return Classifier(m.fallback, threads=m.threads, normalization=norm), "cpu (fallback)"
+        return (Classifier(m.fallback, threads=m.threads, normalization=norm,
+                           interpolation=m.interpolation), "cpu (fallback)")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

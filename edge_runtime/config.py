@@ -30,6 +30,9 @@ class ModelSettings:
         threads: interpreter CPU threads (None: the backend's default).
         delegate: "cpu" or "edgetpu".
         edgetpu_device: "usb", "usb:N", "pci:N" or None for the first found.
+        interpolation: how frames are shrunk, "linear" or "area"; None: as the model's
+            manifest says ("area" for a model without one). Set it for a model not made
+            here whose training resize you know.
     """
 
     path: str = "runs/demo/export/model_int8.tflite"
@@ -37,8 +40,12 @@ class ModelSettings:
     threads: int | None = None
     delegate: str = "cpu"
     edgetpu_device: str | None = None
+    interpolation: str | None = None
 
     def __post_init__(self) -> None:
+        if self.interpolation is not None and self.interpolation not in ("linear", "area"):
+            raise ValueError(f"interpolation {self.interpolation!r}, expected 'linear' or "
+                             "'area'")
         if self.delegate not in ("cpu", "edgetpu"):
             raise ValueError(f"delegate {self.delegate!r}, expected 'cpu' or 'edgetpu'")
         if self.threads is not None and self.threads < 1:

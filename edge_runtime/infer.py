@@ -55,11 +55,13 @@ class FrameClassifier:
         if self.direct:
             view = self.interpreter.tensor(self.spec.index)()
             try:
-                fit_frame(bgr, self.size, c.resize, out=view[0], work=self._work, rgb=rgb)
+                fit_frame(bgr, self.size, c.resize, out=view[0], work=self._work, rgb=rgb,
+                          interpolation=c.interpolation)
             finally:
                 del view  # never hold a tensor view across invoke()
             return
-        img = fit_frame(bgr, self.size, c.resize, out=self._img, work=self._work, rgb=rgb)
+        img = fit_frame(bgr, self.size, c.resize, out=self._img, work=self._work, rgb=rgb,
+                        interpolation=c.interpolation)
         set_input(self.interpreter, self.spec, img, c.normalization, "stretch")
 
     def scores(self, bgr: np.ndarray) -> np.ndarray:

@@ -161,8 +161,6 @@ class Daemon:
             self.writer.write(line if out.details else
                               {k: line[k] for k in ("time", "frame", "index", "label",
                                                     "score", "inference_ms")})
-        # Per-frame cost: from the hand-off (or the frame's arrival, if we waited) to here.
-        self.metrics.observe(invoke_ms / 1000.0, done - max(t0, frame.t), age_ms / 1000.0)
         if result.changed:
             with self.metrics.lock:
                 self.metrics.label_changes += 1
@@ -171,6 +169,10 @@ class Daemon:
         if self.server is not None:
             line["fps"] = round(self.metrics.fps, 2)
             self.server.publish(frame.image, line)
+        # Per-frame cost: from the hand-off (or the frame's arrival, if we waited) to the
+        # result handed to every output; the frame's age is taken when the result is ready.
+        self.metrics.observe(invoke_ms / 1000.0, time.monotonic() - max(t0, frame.t),
+                             age_ms / 1000.0)
         self.count += 1
         self.total_invoke_ms += invoke_ms
         if self.first_result_t is None:

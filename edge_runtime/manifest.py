@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EdgekitError
+from .preprocess import DEFAULT_INTERPOLATION, INTERPOLATIONS
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -40,6 +41,9 @@ class Manifest:
         normalization: pixel-to-input mapping applied before quantization.
         resize: "stretch" (resize the whole frame to the input size) or "center_crop"
             (crop the largest centred region of the input's aspect ratio, then resize).
+        interpolation: how images are shrunk, one of
+            :data:`edge_runtime.preprocess.INTERPOLATIONS`. A manifest without the field
+            was written before the choice existed, when every model used "area".
         extra: everything else (training settings, split file lists, provenance).
     """
 
@@ -49,12 +53,16 @@ class Manifest:
     normalization: Normalization = field(default_factory=Normalization)
     resize: str = "stretch"
     extra: dict[str, Any] = field(default_factory=dict)
+    interpolation: str = DEFAULT_INTERPOLATION
 
     def __post_init__(self) -> None:
         if self.color_order not in ("RGB", "BGR"):
             raise ValueError(f"color_order {self.color_order!r}, expected 'RGB' or 'BGR'")
         if self.resize not in ("stretch", "center_crop"):
             raise ValueError(f"resize {self.resize!r}, expected 'stretch' or 'center_crop'")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r}, expected one of "
+                             f"{', '.join(INTERPOLATIONS)}")
         h, w = self.input_size
         if h <= 0 or w <= 0:
             raise ValueError(f"input_size {self.input_size}, expected positive (height, width)")
@@ -67,6 +75,7 @@ class Manifest:
         d["color_order"] = self.color_order
         d["normalization"] = asdict(self.normalization)
         d["resize"] = self.resize
+        d["interpolation"] = self.interpolation
         for k, v in self.extra.items():
             d.setdefault(k, v)
         return d
@@ -75,7 +84,7 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> Manifest:
         """Builds a Manifest from its JSON form, naming the bad field on error."""
         known = {"schema_version", "labels", "input_size", "color_order", "normalization",
-                 "resize"}
+                 "resize", "interpolation"}
         try:
             labels = d["labels"]
             if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
@@ -89,6 +98,7 @@ class Manifest:
                 normalization=Normalization(float(norm.get("mean", 0.0)),
                                             float(norm.get("std", 1.0))),
                 resize=d.get("resize", "stretch"),
+                interpolation=d.get("interpolation", "area"),
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except KeyError as e:

@@ -162,7 +162,7 @@ class Metrics:
             for name, hist, help_ in (
                     ("edgekit_inference_seconds", self.inference, "Interpreter invoke() time."),
                     ("edgekit_frame_seconds", self.frame_cost, "Per-frame cost: hand-off, "
-                     "preprocess, invoke, postprocess."),
+                     "preprocess, invoke, postprocess, outputs."),
                     ("edgekit_frame_age_seconds", self.frame_age,
                      "Age of the frame when its result was ready.")):
                 out += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]

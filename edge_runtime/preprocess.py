@@ -2,10 +2,25 @@
 
 Training, calibration, evaluation and the camera loop all turn an image into model input
 with these functions, so a model sees the same pixels in the field as in training:
-decode with OpenCV, convert BGR to RGB once, then resize (stretch or centre crop) with
-``INTER_AREA`` when shrinking and ``INTER_LINEAR`` when enlarging. :func:`fit_frame` is the
-same transform for camera frames, reordered to be cheap (crop, resize, then swap channels
-on the small image) and bit-identical to ``fit(bgr_to_rgb(frame))``.
+decode with OpenCV, convert BGR to RGB once, then resize (stretch or centre crop).
+:func:`fit_frame` is the same transform for camera frames, reordered to be cheap (crop,
+resize, then swap channels on the small image) and bit-identical to
+``fit(bgr_to_rgb(frame))``.
+
+Shrinking uses one of :data:`INTERPOLATIONS`, recorded in the model's manifest:
+
+* ``"linear"`` (the default for new models): ``INTER_LINEAR``, as TensorFlow's and
+  Keras's image resizing do by default. Where the image is more than 4x the input in a
+  direction, an exact integer box reduction (OpenCV's ``INTER_AREA`` fast path) first
+  leaves at most 4x to interpolate, the two-step idea of Pillow's ``reducing_gap``, so a
+  photo or a 1080p frame does not alias badly. About 10x faster than ``"area"`` on a
+  640x480 frame (0.15 ms against 1.9 ms on this project's 2-core x86 machine), which
+  matters when the resize runs once per camera frame beside ``invoke()``.
+* ``"area"``: OpenCV's ``INTER_AREA``, the exact box filter. Models whose manifest
+  predates the choice were trained with it, and it is the assumption for a model with no
+  manifest: it reproduces pycoral's published scores for Coral's models.
+
+Enlarging always uses ``INTER_LINEAR``.
 """
 
 from __future__ import annotations
@@ -16,6 +31,11 @@ import cv2
 import numpy as np
 
 from .errors import EdgekitError
+
+INTERPOLATIONS = ("linear", "area")
+DEFAULT_INTERPOLATION = "linear"  # for new models; see the module docstring
+# A box reduction first when the image is more than this many times the input.
+MAX_LINEAR_FACTOR = 4
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
@@ -69,7 +89,8 @@ def center_crop(img: np.ndarray, aspect: float) -> np.ndarray:
 
 
 def fit(img: np.ndarray, size: tuple[int, int], resize: str = "stretch",
-        out: np.ndarray | None = None) -> np.ndarray:
+        out: np.ndarray | None = None, interpolation: str = DEFAULT_INTERPOLATION
+        ) -> np.ndarray:
     """Resizes an RGB image to ``size`` = (height, width) as the manifest says.
 
     Args:
@@ -77,6 +98,7 @@ def fit(img: np.ndarray, size: tuple[int, int], resize: str = "stretch",
         size: target (height, width).
         resize: "stretch" or "center_crop".
         out: optional (height, width, 3) uint8 array to write into (no extra copy).
+        interpolation: one of :data:`INTERPOLATIONS` (used when shrinking).
 
     Returns:
         The resized image (``out`` when given).
@@ -88,10 +110,7 @@ def fit(img: np.ndarray, size: tuple[int, int], resize: str = "stretch",
             return np.ascontiguousarray(img)
         out[...] = img
         return out
-    if out is None:
-        return cv2.resize(img, (w, h), interpolation=_interpolation(img, size))
-    cv2.resize(img, (w, h), dst=out, interpolation=_interpolation(img, size))
-    return out
+    return _resize(img, size, interpolation, out)
 
 
 def _crop(img: np.ndarray, size: tuple[int, int], resize: str) -> np.ndarray:
@@ -103,15 +122,55 @@ def _crop(img: np.ndarray, size: tuple[int, int], resize: str) -> np.ndarray:
     return img
 
 
-def _interpolation(img: np.ndarray, size: tuple[int, int]) -> int:
-    """``INTER_AREA`` when shrinking (no aliasing), ``INTER_LINEAR`` when enlarging."""
-    return cv2.INTER_AREA if img.shape[0] * img.shape[1] > size[0] * size[1] \
-        else cv2.INTER_LINEAR
+def _resize(img: np.ndarray, size: tuple[int, int], interpolation: str,
+            out: np.ndarray | None) -> np.ndarray:
+    """Resizes ``img`` to ``size`` (into ``out`` when given) with ``interpolation``.
+
+    Works per channel, so the channel order of ``img`` does not change the result.
+    """
+    h, w = size
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r}, expected one of "
+                         f"{', '.join(INTERPOLATIONS)}")
+    if img.shape[0] * img.shape[1] <= h * w:
+        mode = cv2.INTER_LINEAR  # enlarging (or same area): no aliasing to avoid
+    elif interpolation == "area":
+        mode = cv2.INTER_AREA
+    else:
+        mode = cv2.INTER_LINEAR
+        img = _box_reduce(img, size)
+        if img.shape[0] == h and img.shape[1] == w:
+            if out is None:
+                return img
+            out[...] = img
+            return out
+    if out is None:
+        return cv2.resize(img, (w, h), interpolation=mode)
+    cv2.resize(img, (w, h), dst=out, interpolation=mode)
+    return out
+
+
+def _box_reduce(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Averages whole ``ky`` x ``kx`` blocks so that at most :data:`MAX_LINEAR_FACTOR`
+    is left between the image and ``size`` in each direction (factors of 1 where less
+    is left already). The rows/columns left over (fewer than the factor) are trimmed
+    evenly from both edges. Returns ``img`` when no reduction is needed."""
+    h, w = size
+    ih, iw = img.shape[:2]
+    ky = max(1, int(ih / h / (MAX_LINEAR_FACTOR / 2))) if ih > MAX_LINEAR_FACTOR * h else 1
+    kx = max(1, int(iw / w / (MAX_LINEAR_FACTOR / 2))) if iw > MAX_LINEAR_FACTOR * w else 1
+    if ky == 1 and kx == 1:
+        return img
+    th, tw = ih - ih % ky, iw - iw % kx
+    y0, x0 = (ih - th) // 2, (iw - tw) // 2
+    img = img[y0:y0 + th, x0:x0 + tw]
+    # Whole factors take OpenCV's INTER_AREA fast path: an exact block mean.
+    return cv2.resize(img, (tw // kx, th // ky), interpolation=cv2.INTER_AREA)
 
 
 def fit_frame(frame: np.ndarray, size: tuple[int, int], resize: str = "stretch",
               out: np.ndarray | None = None, work: np.ndarray | None = None,
-              rgb: bool = True) -> np.ndarray:
+              rgb: bool = True, interpolation: str = DEFAULT_INTERPOLATION) -> np.ndarray:
     """A camera frame (BGR, BGRA or grey) as model input: ``fit(bgr_to_rgb(frame))``.
 
     Same pixels, less work: the crop is a view, the resize runs on the BGR frame (into
@@ -126,6 +185,7 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int], resize: str = "stretch",
         out: optional (height, width, 3) uint8 array for the result (e.g. the input tensor).
         work: optional (height, width, 3) uint8 scratch array for the BGR resize.
         rgb: False keeps BGR (for a model whose manifest says BGR).
+        interpolation: one of :data:`INTERPOLATIONS` (used when shrinking).
 
     Returns:
         The (height, width, 3) image (``out`` when given).
@@ -146,8 +206,7 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int], resize: str = "stretch",
     else:
         if work is None:
             work = np.empty((h, w, 3), np.uint8)
-        small = work
-        cv2.resize(frame, (w, h), dst=small, interpolation=_interpolation(frame, size))
+        small = _resize(frame, size, interpolation, work)
     if rgb:
         cv2.cvtColor(small, cv2.COLOR_BGR2RGB, dst=out)
     else:
@@ -155,9 +214,10 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int], resize: str = "stretch",
     return out
 
 
-def load_for_model(path: str | Path, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
+def load_for_model(path: str | Path, size: tuple[int, int], resize: str = "stretch",
+                   interpolation: str = DEFAULT_INTERPOLATION) -> np.ndarray:
     """Reads an image file and resizes it for a model: :func:`load_image` + :func:`fit`."""
-    return fit(load_image(path), size, resize)
+    return fit(load_image(path), size, resize, interpolation=interpolation)
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -108,7 +108,8 @@ class Smoother:
             self._pos = (self._pos + 1) % len(self._buf)
             self._count = min(self._count + 1, len(self._buf))
             avg = self._buf[:self._count].mean(axis=0)
-        best = int(avg.argmax())
+        # Per frame on the inference thread: no work the common case does not need.
+        best = raw_i if avg is scores else int(avg.argmax())
         best_score = float(avg[best])
         cur = self.current
         if cur is not None and avg[cur] < self.threshold - self.hysteresis:
@@ -118,7 +119,11 @@ class Smoother:
                 cur = best
         changed = cur != self.current
         self.current = cur
-        top = top_k(np.where(self.mask, avg, -1.0), self.top_k, self.labels, 0.0)
+        if self.top_k == 1 and self.mask[best]:
+            top = [Class(best, self.label(best), best_score)]
+        else:
+            ranked = avg if self._all_allowed else np.where(self.mask, avg, -1.0)
+            top = top_k(ranked, self.top_k, self.labels, 0.0)
         if cur is None:
             return Result(None, None, best_score, top, raw, changed)
         return Result(cur, self.label(cur), float(avg[cur]), top, raw, changed)

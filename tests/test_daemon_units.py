@@ -171,8 +171,8 @@ def test_bench_simulated_camera_paces_skips_and_decodes(tmp_path):
     from edge_runtime.bench_pipeline import SimCamera, make_video
 
     video = make_video(tmp_path / "v.avi", frames=5, size=(64, 48))
-    for mjpg in (False, True):
-        cam = SimCamera(video, fps=100, mjpg=mjpg)
+    for fmt in ("yuyv", "mjpg", "bgr"):
+        cam = SimCamera(video, fps=100, fmt=fmt)
         t0 = time.monotonic()
         ok, first = cam.read()
         assert ok and first.shape == (48, 64, 3) and first.dtype == np.uint8
@@ -282,6 +282,18 @@ def test_allow_and_deny_lists():
     with pytest.raises(EdgekitError, match="unknown label 'cow'.*cat, dog, bird"):
         class_mask(LABELS, 3, allow=("cow",))
     assert class_mask({}, 3, deny=("1",)).tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("settings", [{}, {"deny": ("dog",)}, {"window": 3},
+                                      {"allow": ("cat", "bird"), "window": 2}])
+def test_top1_shortcut_reports_what_the_full_ranking_does(settings):
+    rng = np.random.default_rng(7)
+    fast, full = smoother(top_k=1, **settings), smoother(top_k=3, **settings)
+    for _ in range(50):
+        x = rng.dirichlet(np.ones(3)).astype(np.float32)
+        a, b = fast(x), full(x)
+        assert (a.index, a.score, a.raw) == (b.index, b.score, b.raw)
+        assert a.top == b.top[:1]
 
 
 # -- outputs -----------------------------------------------------------------------------

@@ -77,7 +77,8 @@ def test_int8_is_full_integer_and_agrees_with_float(exported):
     from train.data import load_arrays, load_run
 
     manifest, split, root = load_run(exported.parent)
-    x, _, _ = load_arrays(root, split.test, manifest.input_size)
+    x, _, _ = load_arrays(root, split.test, manifest.input_size, manifest.resize,
+                          manifest.interpolation)
     a = np.array([f32.scores(img).argmax() for img in x])
     b = np.array([clf.scores(img).argmax() for img in x])
     assert (a == b).mean() >= 0.9

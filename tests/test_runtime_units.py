@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -119,16 +120,48 @@ FRAME_SHAPES = [(480, 640, 3), (720, 1280, 3), (481, 643, 3), (120, 160, 3), (22
 @pytest.mark.parametrize("shape", FRAME_SHAPES, ids=str)
 @pytest.mark.parametrize("resize", ["stretch", "center_crop"])
 @pytest.mark.parametrize("size", [(224, 224), (96, 128)], ids=str)
-def test_fit_frame_is_bit_identical_to_the_training_preprocessing(shape, resize, size):
+@pytest.mark.parametrize("interp", ["linear", "area"])
+def test_fit_frame_is_bit_identical_to_the_training_preprocessing(shape, resize, size, interp):
     frame = _frame(*shape)
-    want = fit(bgr_to_rgb(frame), size, resize)  # what training and Classifier.scores do
+    # what training and Classifier.scores do
+    want = fit(bgr_to_rgb(frame), size, resize, interpolation=interp)
     work, out = np.empty((*size, 3), np.uint8), np.zeros((*size, 3), np.uint8)
-    assert fit_frame(frame, size, resize, out=out, work=work) is out
+    assert fit_frame(frame, size, resize, out=out, work=work, interpolation=interp) is out
     np.testing.assert_array_equal(out, want)
-    np.testing.assert_array_equal(fit_frame(frame, size, resize), want)
+    np.testing.assert_array_equal(fit_frame(frame, size, resize, interpolation=interp), want)
     if frame.ndim == 3 and frame.shape[2] == 3:  # a BGR model keeps the channel order
-        np.testing.assert_array_equal(fit_frame(frame, size, resize, rgb=False),
-                                      fit(frame, size, resize))
+        np.testing.assert_array_equal(
+            fit_frame(frame, size, resize, rgb=False, interpolation=interp),
+            fit(frame, size, resize, interpolation=interp))
+
+
+def _smooth(h: int, w: int) -> np.ndarray:
+    """A photo-like frame: gradients and soft shapes, no pixel noise."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([x / w * 255, y / h * 255, 128 + 100 * np.sin(x / 23.0) * np.cos(y / 17.0)],
+                   axis=-1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_linear_box_reduces_large_images_first_and_area_is_opencvs():
+    rng = np.random.default_rng(3)
+    frame = _smooth(480, 640)  # under 4x: plain bilinear
+    np.testing.assert_array_equal(fit(frame, (224, 224)),
+                                  cv2.resize(frame, (224, 224), interpolation=cv2.INTER_LINEAR))
+    np.testing.assert_array_equal(fit(frame, (224, 224), interpolation="area"),
+                                  cv2.resize(frame, (224, 224), interpolation=cv2.INTER_AREA))
+    big = rng.integers(0, 256, (1081, 1920, 3), np.uint8)  # 4.8x and 8.6x a 224 input
+    blocks = big[:1080].reshape(540, 2, 480, 4, 3).astype(np.float64).mean(axis=(1, 3))
+    reduced = cv2.resize(np.clip(np.rint(blocks), 0, 255).astype(np.uint8), (224, 224),
+                         interpolation=cv2.INTER_LINEAR)
+    got = fit(big, (224, 224))
+    assert np.abs(got.astype(int) - reduced.astype(int)).max() <= 1  # rounding only
+    # Aliasing shows as noise surviving the resize: bounded by the box reduction.
+    plain = cv2.resize(big, (224, 224), interpolation=cv2.INTER_LINEAR).astype(float)
+    area = fit(big, (224, 224), interpolation="area").astype(float)
+    assert area.std() < got.std() < 0.6 * plain.std()
+    with pytest.raises(ValueError, match="interpolation 'cubic'"):
+        fit(frame, (224, 224), interpolation="cubic")
 
 
 def test_fit_frame_writes_into_a_tensor_slice_and_refuses_a_wrong_buffer():
@@ -144,13 +177,17 @@ def test_frame_classifier_feeds_the_model_what_classify_does(coral):
     from edge_runtime.classify import Classifier
     from edge_runtime.infer import FrameClassifier
 
-    clf = Classifier(coral / "mobilenet_v2_1.0_224_quant.tflite", threads=1)
-    frames = FrameClassifier(clf)
-    for frame in (_frame(480, 640), _frame(300, 500, seed=1), _frame(480, 640, 4)):
-        got = frames.scores(frame)
-        tensor = clf.interpreter.get_tensor(clf.spec.index)
-        np.testing.assert_array_equal(tensor[0], fit(bgr_to_rgb(frame), (224, 224)))
-        np.testing.assert_array_equal(got, clf.scores(bgr_to_rgb(frame)))
+    for interp in (None, "linear"):
+        clf = Classifier(coral / "mobilenet_v2_1.0_224_quant.tflite", threads=1,
+                         interpolation=interp)
+        assert clf.interpolation == (interp or "area")  # no manifest: pycoral's resize
+        frames = FrameClassifier(clf)
+        for frame in (_frame(480, 640), _frame(300, 500, seed=1), _frame(480, 640, 4)):
+            got = frames.scores(frame)
+            tensor = clf.interpreter.get_tensor(clf.spec.index)
+            np.testing.assert_array_equal(
+                tensor[0], fit(bgr_to_rgb(frame), (224, 224), interpolation=clf.interpolation))
+            np.testing.assert_array_equal(got, clf.scores(bgr_to_rgb(frame)))
 
 
 def test_manifest_round_trip_and_validation():
@@ -162,6 +199,11 @@ def test_manifest_round_trip_and_validation():
     with pytest.raises(EdgekitError, match="color_order"):
         Manifest.from_dict({"labels": ["a"], "input_size": {"height": 1, "width": 1},
                             "color_order": "XYZ"})
+    assert m.interpolation == "linear" and back.interpolation == "linear"
+    old = {"labels": ["a"], "input_size": {"height": 1, "width": 1}}
+    assert Manifest.from_dict(old).interpolation == "area"  # written before the choice
+    with pytest.raises(EdgekitError, match="interpolation 'nearest'"):
+        Manifest.from_dict(old | {"interpolation": "nearest"})
 
 
 def test_parse_source_kinds(tmp_path):

@@ -92,13 +92,18 @@ def test_file_pipeline_matches_runtime_preprocessing_and_drops_a_broken_file(sam
     files = sorted(p.name for p in (root / "circle").iterdir())[:6]
     items = [(f"circle/{f}", 0) for f in files]
     (root / "circle" / files[2]).write_bytes(b"\xff\xd8 broken after the pre-scan")
-    ds = file_dataset(root, items, (48, 48), "center_crop", 4, 0, train=False, cache="none")
-    xs = np.concatenate([x.numpy() for x, _ in ds])
-    assert xs.shape == (5, 48, 48, 3)  # the broken file is dropped, not fatal
     good = [f for i, f in enumerate(files) if i != 2]
-    expect = np.stack([load_for_model(root / "circle" / f, (48, 48), "center_crop")
-                       for f in good]).astype(np.float32)
-    assert np.array_equal(xs, expect)
+    got = {}
+    for interp in ("linear", "area"):
+        ds = file_dataset(root, items, (48, 48), "center_crop", 4, 0, train=False,
+                          cache="none", interpolation=interp)
+        xs = np.concatenate([x.numpy() for x, _ in ds])
+        assert xs.shape == (5, 48, 48, 3)  # the broken file is dropped, not fatal
+        expect = np.stack([load_for_model(root / "circle" / f, (48, 48), "center_crop", interp)
+                           for f in good]).astype(np.float32)
+        assert np.array_equal(xs, expect)
+        got[interp] = xs
+    assert not np.array_equal(got["linear"], got["area"])  # the setting reaches the files
 
 
 TINY = dict(weights="none", alpha=0.35, img_size=32, batch_size=16, patience=50,

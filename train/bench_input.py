@@ -58,13 +58,15 @@ def measure(data: str, alpha: float, img_size: int, batch: int, steps: int,
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     aug = build_augmenter(Augment(), 0)
     t0 = time.perf_counter()
-    x, y, _ = load_arrays(data, split.train, size, cfg.resize)
+    x, y, _ = load_arrays(data, split.train, size, cfg.resize, cfg.interpolation)
     load_s = time.perf_counter() - t0
     sources = {
         "folder": file_dataset(data, split.train, size, cfg.resize, batch, 0, train=True,
-                               augmenter=aug, cache="none", repeat=True),
+                               augmenter=aug, cache="none", repeat=True,
+                               interpolation=cfg.interpolation),
         "folder_cached": file_dataset(data, split.train, size, cfg.resize, batch, 0,
-                                      train=True, augmenter=aug, cache="memory", repeat=True),
+                                      train=True, augmenter=aug, cache="memory", repeat=True,
+                                      interpolation=cfg.interpolation),
         "memory": memory_dataset(x, y, batch, 0, train=True, augmenter=aug, repeat=True),
     }
     rates: dict[str, list[float]] = {k: [] for k in sources}

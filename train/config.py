@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from edge_runtime.errors import EdgekitError
+from edge_runtime.preprocess import DEFAULT_INTERPOLATION, INTERPOLATIONS
 
 from .augment import Augment
 from .model import ALPHAS, IMAGENET_SIZES
@@ -41,6 +42,8 @@ class TrainConfig:
         patience: early-stopping patience in epochs.
         augment: augmentation settings, or None for none.
         resize: "center_crop" or "stretch"; recorded so the runtime does the same.
+        interpolation: how images are shrunk, "linear" or "area"
+            (:data:`edge_runtime.preprocess.INTERPOLATIONS`); recorded likewise.
         class_weights: weight the loss by inverse class frequency (imbalanced data).
         min_per_class: a class with fewer usable images is an error naming it.
         lr_schedule: "constant", "cosine" (decay to 0 over each phase) or "plateau"
@@ -71,6 +74,7 @@ class TrainConfig:
     patience: int = 5
     augment: Augment | None = field(default_factory=Augment)
     resize: str = "center_crop"
+    interpolation: str = DEFAULT_INTERPOLATION
     class_weights: bool = True
     min_per_class: int = 5
     lr_schedule: str = "constant"
@@ -88,7 +92,7 @@ class TrainConfig:
             raise EdgekitError("val and test fractions must be in (0, 0.5), got "
                                f"{self.val_fraction} and {self.test_fraction}")
         choices = {"lr_schedule": SCHEDULES, "strategy": STRATEGIES, "cache": CACHE_CHOICES,
-                   "resize": ("center_crop", "stretch")}
+                   "resize": ("center_crop", "stretch"), "interpolation": INTERPOLATIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise EdgekitError(f"{name} {getattr(self, name)!r}, expected one of "
@@ -129,6 +133,7 @@ class TrainConfig:
         if unknown:
             raise EdgekitError(f"unknown training settings: {', '.join(sorted(unknown))}")
         d = dict(d)
+        d.setdefault("interpolation", "area")  # a run recorded before the choice existed
         aug = d.get("augment")
         if isinstance(aug, dict):
             aug = dict(aug)

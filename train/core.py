@@ -118,6 +118,28 @@ def cleanup(out: Path, created: bool, interrupted: bool) -> None:
               "no epoch had finished; nothing kept", file=sys.stderr)
 
 
+def datasets(cfg: TrainConfig, root: Path, split: Split, k: int, out: Path,
+             x_va: np.ndarray, y_va: np.ndarray):
+    """The training dataset (decoded from the files, augmented, cached as ``cfg`` says)
+    and the validation dataset (from the decoded arrays); one-hot labels with label
+    smoothing. Shared by training and the hyperparameter search."""
+    import tensorflow as tf
+
+    from .augment import build_augmenter
+    from .pipeline import file_dataset, memory_dataset
+
+    augmenter = build_augmenter(cfg.augment, cfg.seed) if cfg.augment else None
+    size = (cfg.img_size, cfg.img_size)
+    train_ds = file_dataset(root, split.train, size, cfg.resize, cfg.batch_size, cfg.seed,
+                            train=True, augmenter=augmenter, cache=cfg.cache,
+                            cache_dir=out / "data_cache", interpolation=cfg.interpolation)
+    val_ds = memory_dataset(x_va, y_va, cfg.batch_size, cfg.seed, train=False)
+    if cfg.label_smoothing:
+        train_ds, val_ds = (d.map(lambda x, y: (x, tf.one_hot(y, k)))
+                            for d in (train_ds, val_ds))
+    return train_ds, val_ds
+
+
 def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     if resume:
         state = ckpt.load_state(out)
@@ -132,8 +154,8 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     cfg.save(out / "train_config.json")
     size = (cfg.img_size, cfg.img_size)
     t0 = time.time()
-    x_va, y_va, skip_va = load_arrays(root, split.val, size, cfg.resize)
-    x_te, y_te, skip_te = load_arrays(root, split.test, size, cfg.resize)
+    x_va, y_va, skip_va = load_arrays(root, split.val, size, cfg.resize, cfg.interpolation)
+    x_te, y_te, skip_te = load_arrays(root, split.test, size, cfg.resize, cfg.interpolation)
     skipped = skip_va + skip_te
     for line in skipped:
         print(f"warning: skipped {line}", file=sys.stderr)
@@ -146,22 +168,14 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     import keras
     import tensorflow as tf
 
-    from .augment import build_augmenter
-    from .pipeline import file_dataset, memory_dataset
+    from .pipeline import file_dataset
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()  # same seed, same model
     weights = None if cfg.weights.lower() == "none" else cfg.weights
     k = len(classes)
     steps = max(1, -(-len(split.train) // cfg.batch_size))
-    onehot = (lambda x, y: (x, tf.one_hot(y, k))) if cfg.label_smoothing else None
-    augmenter = build_augmenter(cfg.augment, cfg.seed) if cfg.augment else None
-    train_ds = file_dataset(root, split.train, size, cfg.resize, cfg.batch_size, cfg.seed,
-                            train=True, augmenter=augmenter, cache=cfg.cache,
-                            cache_dir=out / "data_cache")
-    val_ds = memory_dataset(x_va, y_va, cfg.batch_size, cfg.seed, train=False)
-    if onehot:
-        train_ds, val_ds = train_ds.map(onehot), val_ds.map(onehot)
+    train_ds, val_ds = datasets(cfg, root, split, k, out, x_va, y_va)
     cw = class_weights(split, k) if cfg.class_weights else None
     verbose = 1 if sys.stdout.isatty() else 2
     warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our dataset is shuffled
@@ -216,7 +230,7 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         from .model import recalibrate_batchnorm
 
         plain = file_dataset(root, split.train, size, cfg.resize, cfg.batch_size, cfg.seed,
-                             train=False, cache="none")
+                             train=False, cache="none", interpolation=cfg.interpolation)
         recalibrate_batchnorm(model, (x for x, _ in plain))
     train_seconds = time.time() - t_train
     hist = state.history
@@ -231,6 +245,7 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     manifest = Manifest(
         labels=classes, input_size=size, color_order="RGB",
         normalization=Normalization(0.0, 1.0), resize=cfg.resize,
+        interpolation=cfg.interpolation,
         extra={
             "model": {"architecture": "MobileNetV2", "alpha": cfg.alpha,
                       "input_range": "0-255 RGB; scaled to [-1, 1] inside the model",

@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import EdgekitError
-from edge_runtime.preprocess import ImageError, list_images, load_for_model
+from edge_runtime.preprocess import (
+    DEFAULT_INTERPOLATION,
+    ImageError,
+    list_images,
+    load_for_model,
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ def stratified_split(root: str | Path, classes: list[str], files: dict[str, list
 
 
 def load_arrays(root: str | Path, items: list[tuple[str, int]], size: tuple[int, int],
-                resize: str = "stretch") -> tuple[np.ndarray, np.ndarray, list[str]]:
+                resize: str = "stretch", interpolation: str = DEFAULT_INTERPOLATION
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Loads images through the runtime's preprocessing.
 
     Returns:
@@ -81,7 +87,7 @@ def load_arrays(root: str | Path, items: list[tuple[str, int]], size: tuple[int,
     images, labels, skipped = [], [], []
     for rel, ci in items:
         try:
-            images.append(load_for_model(root / rel, size, resize))
+            images.append(load_for_model(root / rel, size, resize, interpolation))
             labels.append(ci)
         except ImageError as e:
             skipped.append(f"{rel}: {e}")

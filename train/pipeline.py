@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.preprocess import ImageError, load_for_model
+from edge_runtime.preprocess import DEFAULT_INTERPOLATION, ImageError, load_for_model
 
 CACHE_CHOICES = ("memory", "disk", "none")
 
 
-def _decoder(root: Path, size: tuple[int, int], resize: str):
+def _decoder(root: Path, size: tuple[int, int], resize: str, interpolation: str):
     def decode(rel: bytes) -> np.ndarray:
         try:
-            return load_for_model(root / rel.decode(), size, resize)
+            return load_for_model(root / rel.decode(), size, resize, interpolation)
         except ImageError:
             # The pre-scan rejected unreadable files already; a file that broke since
             # then is dropped by ignore_errors() below instead of ending the epoch.
@@ -32,7 +32,8 @@ def _decoder(root: Path, size: tuple[int, int], resize: str):
 def file_dataset(root: str | Path, items: list[tuple[str, int]], size: tuple[int, int],
                  resize: str, batch: int, seed: int, *, train: bool, augmenter=None,
                  cache: str = "memory", cache_dir: str | Path | None = None,
-                 name: str = "train", repeat: bool = False):
+                 name: str = "train", repeat: bool = False,
+                 interpolation: str = DEFAULT_INTERPOLATION):
     """Batches of (float32 0-255 RGB images, class indices) decoded from ``items``.
 
     Args:
@@ -47,11 +48,12 @@ def file_dataset(root: str | Path, items: list[tuple[str, int]], size: tuple[int
         cache_dir: folder for the disk cache.
         name: cache file name stem.
         repeat: repeat forever (before batching, so every batch is full).
+        interpolation: how images are shrunk (the manifest's setting).
     """
     import tensorflow as tf
 
     h, w = size
-    decode = _decoder(Path(root), size, resize)
+    decode = _decoder(Path(root), size, resize, interpolation)
     paths = [p for p, _ in items]
     labels = np.asarray([c for _, c in items], np.int64)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
@@ -67,7 +69,7 @@ def file_dataset(root: str | Path, items: list[tuple[str, int]], size: tuple[int
     elif cache == "disk":
         folder = Path(cache_dir or ".")
         folder.mkdir(parents=True, exist_ok=True)
-        ds = ds.cache(str(folder / f"{name}-{h}x{w}-{resize}"))
+        ds = ds.cache(str(folder / f"{name}-{h}x{w}-{resize}-{interpolation}"))
     return _finish(ds, len(items), batch, seed, train, augmenter, repeat)
 
 

@@ -26,8 +26,10 @@ from .core import (
     _unfreeze_top,
     build_and_compile,
     cleanup,
+    datasets,
     prepare_out,
 )
+from .data import load_arrays
 from .prepare import class_weights, prepare
 
 TUNED_ALPHAS = (0.35, 0.5, 0.75, 1.0)
@@ -73,10 +75,6 @@ def tune_then_train(cfg: TrainConfig, max_trials: int = 10, tune_epochs: int = 5
 def _search_and_train(kt, cfg: TrainConfig, out: Path, max_trials: int,
                       tune_epochs: int) -> Path:
     import keras
-    import tensorflow as tf
-
-    from .augment import build_augmenter
-    from .pipeline import file_dataset
 
     warn(cfg)
     classes, split, root, _ = prepare(cfg.data, out, cfg.min_per_class, cfg.val_fraction,
@@ -85,14 +83,8 @@ def _search_and_train(kt, cfg: TrainConfig, out: Path, max_trials: int,
     weights = None if cfg.weights.lower() == "none" else cfg.weights
     fine_tuning = weights is not None and cfg.fine_tune_epochs > 0
     keras.utils.set_random_seed(cfg.seed)
-    augmenter = build_augmenter(cfg.augment, cfg.seed) if cfg.augment else None
-    train_ds = file_dataset(root, split.train, size, cfg.resize, cfg.batch_size, cfg.seed,
-                            train=True, augmenter=augmenter, cache=cfg.cache,
-                            cache_dir=out / "data_cache")
-    val_ds = file_dataset(root, split.val, size, cfg.resize, cfg.batch_size, cfg.seed,
-                          train=False, cache="memory")
-    if cfg.label_smoothing:
-        train_ds, val_ds = (d.map(lambda x, y: (x, tf.one_hot(y, k))) for d in (train_ds, val_ds))
+    x_va, y_va, _ = load_arrays(root, split.val, size, cfg.resize, cfg.interpolation)
+    train_ds, val_ds = datasets(cfg, root, split, k, out, x_va, y_va)
     steps = max(1, -(-len(split.train) // cfg.batch_size))
     cw = class_weights(split, k) if cfg.class_weights else None
 
