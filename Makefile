@@ -67,6 +67,11 @@ bench-validate: setup ## harness vs ai-edge-litert's benchmark tool: [MODEL=m.tf
 bench-train: setup $(SAMPLE)/video.avi ## training input pipeline, folder vs memory images/s: [DATA=dir] [ARGS=...]
 	$(PY) -m train.bench_input --data $(or $(DATA),$(SAMPLE)/images) --json $(or $(OUT),runs/bench-train.json) $(ARGS)
 
+.PHONY: bench-pipeline
+bench-pipeline: setup ## daemon pipeline vs bare invoke(): [MODEL=m.tflite] [SOURCE=file|camera|camera-mjpg|camera-bgr] [ARGS=...]
+	@test -f "$(or $(MODEL),runs/demo/export/model_int8.tflite)" || { echo "error: no model $(or $(MODEL),runs/demo/export/model_int8.tflite); run 'make demo' or pass MODEL=m.tflite" >&2; exit 2; }
+	$(PY) -m edge_runtime.bench_pipeline --model $(or $(MODEL),runs/demo/export/model_int8.tflite) --source $(or $(SOURCE),file) --repeats $(or $(REPEATS),3) --json $(or $(OUT),runs/bench-pipeline.json) $(ARGS)
+
 # (alpha, img-size) points for the latency-vs-accuracy sweep; each gets runs/sweep-A-S.
 SWEEP ?= 0.35-96 0.5-128 0.75-160 1.0-224
 .PHONY: sweep

@@ -312,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
+        from .fileio import write_json
+
+        write_json(args.json, report)  # temp file + rename
     return 0
 
 

@@ -32,12 +32,15 @@ class Frame:
         image: the BGR image (never reused by the capture thread: safe to keep).
         t: ``time.monotonic()`` when the read returned.
         dropped: frames captured and replaced by a newer one since the previous hand-off.
+        input: the frame already preprocessed for the model by the capture thread (see
+            :attr:`Capture.prepare`), or None.
     """
 
     seq: int
     image: np.ndarray
     t: float
     dropped: int = 0
+    input: np.ndarray | None = None
 
 
 class FrameSlot:
@@ -125,6 +128,12 @@ class Capture:
         camera: :class:`edge_runtime.config.CameraSettings` (size, fps, flip, loop, realtime).
         watchdog: :class:`edge_runtime.config.WatchdogSettings` (stall and backoff timings).
         opener: opens a capture (injectable for tests): ``opener(source, camera)``.
+
+    Attributes:
+        prepare: optional ``prepare(bgr) -> model input``, run on the capture thread for
+            every frame as it arrives, so the resize overlaps the previous ``invoke()``
+            instead of following it; a frame it rejects (``cv2.error``, ``ValueError``)
+            is counted in ``bad_frames``. Set it before :meth:`start` or at any time.
     """
 
     def __init__(self, source: Source, camera: Any, watchdog: Any,
@@ -151,6 +160,7 @@ class Capture:
         self.last_error: str | None = None
         self.ended = False
         self.error: EdgekitError | None = None
+        self.prepare: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def dropped(self) -> int:
@@ -298,7 +308,15 @@ class Capture:
                     else:
                         next_t = time.monotonic()
                 t = time.monotonic()
-                frame = Frame(self._seq, img, t)
+                prepared = None
+                prepare = self.prepare
+                if prepare is not None:
+                    try:
+                        prepared = prepare(img)
+                    except (cv2.error, ValueError):
+                        self.bad_frames += 1
+                        continue
+                frame = Frame(self._seq, img, t, input=prepared)
                 self._seq += 1
                 self._session_frames += 1
                 self.captured += 1

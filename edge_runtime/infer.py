@@ -64,14 +64,41 @@ class FrameClassifier:
                         interpolation=c.interpolation)
         set_input(self.interpreter, self.spec, img, c.normalization, "stretch")
 
-    def scores(self, bgr: np.ndarray) -> np.ndarray:
+    def prepare(self, bgr: np.ndarray) -> np.ndarray:
+        """The model input for a BGR frame, in a new array (safe to hand to another thread):
+        what :meth:`write_input` would write, ready for :meth:`scores`' ``prepared``."""
+        c = self.classifier
+        return fit_frame(bgr, self.size, c.resize, rgb=not c.bgr_input,
+                         interpolation=c.interpolation)
+
+    def write_prepared(self, img: np.ndarray) -> None:
+        """Writes a :meth:`prepare` result into the input tensor."""
+        if self.direct:
+            view = self.interpreter.tensor(self.spec.index)()
+            try:
+                view[0][...] = img
+            finally:
+                del view  # never hold a tensor view across invoke()
+            return
+        c = self.classifier
+        set_input(self.interpreter, self.spec, img, c.normalization, "stretch")
+
+    def scores(self, bgr: np.ndarray, prepared: np.ndarray | None = None) -> np.ndarray:
         """Per-class probabilities for a BGR frame of any size.
+
+        Args:
+            bgr: the frame.
+            prepared: its :meth:`prepare` result when already made (then ``bgr`` is not
+                read).
 
         Raises:
             cv2.error, ValueError: a frame that cannot be converted (the caller counts it).
         """
         t0 = time.perf_counter()
-        self.write_input(bgr)
+        if prepared is not None:
+            self.write_prepared(prepared)
+        else:
+            self.write_input(bgr)
         t1 = time.perf_counter()
         self.interpreter.invoke()
         t2 = time.perf_counter()

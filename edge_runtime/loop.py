@@ -83,8 +83,9 @@ def result_fields(result: Result, frame_seq: int, invoke_ms: float, age_ms: floa
 class Daemon:
     """Classifies frames from a :class:`Capture` until the source ends, a limit, or a stop.
 
-    Per frame: take the newest frame, preprocess it into the input tensor, invoke,
-    smooth and threshold, then hand the result to every output. Outputs never block
+    Per frame: take the newest frame (already resized for the model by the capture
+    thread, see :attr:`Capture.prepare`), write it into the input tensor, invoke, smooth
+    and threshold, then hand the result to every output. Outputs never block
     inference: the JSON-lines writer is a local write, HTTP clients are served from
     other threads off a published reference, MQTT only queues. A frame that cannot be
     preprocessed is counted as bad and skipped.
@@ -120,6 +121,8 @@ class Daemon:
         self.notifier = notifier or Notifier(enabled=False)
         self.metrics = metrics or Metrics()
         self.metrics.capture = capture
+        # Preprocess on the capture thread, as frames arrive (overlapping invoke()).
+        capture.prepare = self.frames.prepare
         self.count = 0
         self.dropped_total = 0
         self.total_invoke_ms = 0.0
@@ -144,7 +147,7 @@ class Daemon:
 
     def _classify(self, frame: Any, t0: float) -> None:
         try:
-            scores = self.frames.scores(frame.image)
+            scores = self.frames.scores(frame.image, frame.input)
         except (cv2.error, ValueError) as e:
             with self.metrics.lock:
                 self.metrics.bad_frames += 1

@@ -196,6 +196,31 @@ def test_file_capture_is_lossless_and_ends(tmp_path):
     assert got == [(i, i, 0) for i in range(30)] and cap.error is None
 
 
+def test_capture_thread_prepares_frames_and_counts_the_ones_it_rejects():
+    frames = [img(i) for i in range(10)]
+    frames[3] = np.zeros((8, 8, 3), np.uint8)  # rejected below
+
+    def prepare(bgr):
+        if not bgr.any():
+            raise ValueError("cannot prepare")
+        return bgr[::2, ::2, ::-1].copy()
+
+    cap = Capture(Source("file", "x.avi"), CameraSettings(), FAST,
+                  opener=lambda s, c: FakeCamera(frames, hang=False))
+    cap.prepare = prepare
+    cap.start()
+    got = []
+    while not cap.finished:
+        f = cap.get(0.05)
+        if f is not None:
+            got.append(f)
+    cap.stop()
+    assert [int(f.image[0, 0, 0]) for f in got] == [i for i in range(10) if i != 3]
+    assert cap.bad_frames == 1
+    for f in got:
+        np.testing.assert_array_equal(f.input, prepare(f.image))
+
+
 def test_empty_file_is_an_error():
     cap = Capture(Source("file", "x.avi"), CameraSettings(), FAST,
                   opener=lambda s, c: FakeCamera([], hang=False)).start()

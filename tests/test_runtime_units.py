@@ -188,6 +188,10 @@ def test_frame_classifier_feeds_the_model_what_classify_does(coral):
             np.testing.assert_array_equal(
                 tensor[0], fit(bgr_to_rgb(frame), (224, 224), interpolation=clf.interpolation))
             np.testing.assert_array_equal(got, clf.scores(bgr_to_rgb(frame)))
+            # Prepared on the capture thread: the same tensor, the same scores.
+            again = frames.scores(np.zeros((2, 2, 3), np.uint8), frames.prepare(frame))
+            np.testing.assert_array_equal(clf.interpreter.get_tensor(clf.spec.index), tensor)
+            np.testing.assert_array_equal(again, got)
 
 
 def test_manifest_round_trip_and_validation():
