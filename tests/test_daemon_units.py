@@ -198,10 +198,10 @@ def test_file_capture_is_lossless_and_ends(tmp_path):
 
 def test_capture_thread_prepares_frames_and_counts_the_ones_it_rejects():
     frames = [img(i) for i in range(10)]
-    frames[3] = np.zeros((8, 8, 3), np.uint8)  # rejected below
+    frames[3] = img(200)  # rejected below
 
     def prepare(bgr):
-        if not bgr.any():
+        if bgr[0, 0, 0] == 200:
             raise ValueError("cannot prepare")
         return bgr[::2, ::2, ::-1].copy()
 
