@@ -3,9 +3,10 @@
 Usage:
     python -m edge_runtime.bench_pipeline --model M.tflite [--video V.avi] [--frames 1000]
         [--threads N] [--source-fps F] [--source file|camera|camera-mjpg|camera-bgr]
-        [--repeats N] [--interpolation linear|area] [--json OUT]
+        [--repeats N] [--codec mjpg|i420] [--interpolation linear|area] [--json OUT]
 
-Without ``--video`` a 640x480 MJPG test video is written to a temporary folder. The
+Without ``--video`` a 640x480 test video is written to a temporary folder (``--codec
+mjpg``, the default, or ``i420``: uncompressed YUV 4:2:0, as a camera's ISP delivers). The
 source is replayed in real time at ``--source-fps`` (default: twice the bare inference
 rate, so frames arrive faster than inference and only the newest is classified).
 ``--source file`` (the default) reads the video through OpenCV's FFmpeg backend, which
@@ -70,10 +71,19 @@ class _Recorder(Metrics):
             self.rss.append((self.n, rss_bytes()))
 
 
-def make_video(path: Path, frames: int = 300, size: tuple[int, int] = (640, 480)) -> Path:
-    """Writes a 640x480 MJPG video of moving shapes on a noisy background."""
+# Codecs make_video can write: fourcc, and frames written (raw video is large).
+CODECS = {"mjpg": ("MJPG", 300), "i420": ("I420", 120)}
+
+
+def make_video(path: Path, frames: int | None = None, size: tuple[int, int] = (640, 480),
+               codec: str = "mjpg") -> Path:
+    """Writes a 640x480 video of moving shapes on a noisy background: MJPG (JPEG frames,
+    decoded in software like a USB camera's MJPG) or I420 (uncompressed YUV 4:2:0, what
+    a camera's ISP hands over; "decoding" is only the conversion to BGR)."""
     w, h = size
-    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (w, h))
+    fourcc, default_frames = CODECS[codec]
+    frames = frames or default_frames
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 30, (w, h))
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 40, (h, w, 3), np.uint8)
     for i in range(frames):
@@ -297,13 +307,16 @@ def main(argv: list[str] | None = None) -> int:
                         "camera")
     p.add_argument("--repeats", type=int, default=1,
                    help="pipeline runs, each between two bare measurements (medians reported)")
+    p.add_argument("--codec", choices=tuple(CODECS), default="mjpg",
+                   help="codec of the video made when --video is not given")
     p.add_argument("--interpolation", choices=("linear", "area"), default=None,
                    help="frame resize (default: the manifest's; 'area' without one)")
     p.add_argument("--json", type=Path, default=None, help="write the report here too")
     args = p.parse_args(argv)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            video = args.video or make_video(Path(tmp) / "bench_640x480.avi")
+            video = args.video or make_video(Path(tmp) / f"bench_640x480_{args.codec}.avi",
+                                             codec=args.codec)
             report = run_bench(args.model, video, args.frames, args.threads, args.source_fps,
                                args.source, max(1, args.repeats), args.interpolation)
     except EdgekitError as e:

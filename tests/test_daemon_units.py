@@ -180,6 +180,13 @@ def test_bench_simulated_camera_paces_skips_and_decodes(tmp_path):
         assert cam.grab() and cam.index >= 4
         assert cam.grab() and time.monotonic() - t0 >= 0.04
         assert cam.retrieve()[1].shape == (48, 64, 3)
+    import cv2
+
+    raw = make_video(tmp_path / "raw.avi", frames=3, size=(64, 48), codec="i420")
+    cap = cv2.VideoCapture(str(raw))
+    frames = [cap.read()[1] for _ in range(3)]
+    assert all(f is not None and f.shape == (48, 64, 3) for f in frames)
+    assert not np.array_equal(frames[0], frames[2])  # the shapes move
 
 
 def test_file_capture_is_lossless_and_ends(tmp_path):
