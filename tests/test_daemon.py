@@ -193,9 +193,9 @@ def test_live_source_hands_over_only_the_newest_frame(exported, sample, tmp_path
 
     slow = FrameClassifier.scores
 
-    def scores(self, bgr):
+    def scores(self, bgr, prepared=None):
         time.sleep(0.02)  # inference slower than the 200 fps source
-        return slow(self, bgr)
+        return slow(self, bgr, prepared)
 
     monkeypatch.setattr(FrameClassifier, "scores", scores)
     cfg = _config(tmp_path, "camera.realtime=true", "camera.fps=200", "camera.loop=true")
@@ -249,11 +249,11 @@ def test_stall_reopen_bad_frames_and_watchdog(exported, sample, tmp_path, monkey
     real = FrameClassifier.scores
     calls = {"n": 0}
 
-    def scores(self, bgr):
+    def scores(self, bgr, prepared=None):
         calls["n"] += 1
         if calls["n"] == 2:
             raise cv2.error("simulated corrupt frame")
-        return real(self, bgr)
+        return real(self, bgr, prepared)
 
     monkeypatch.setattr(FrameClassifier, "scores", scores)
     cfg = _config(tmp_path, "watchdog.stall_s=0.3", "watchdog.backoff_initial_s=0.05",
