@@ -59,6 +59,9 @@ class FrameSlot:
         self._pending_drops = 0
         self._closed = False
         self.dropped = 0
+        self.waiting = False  # a get() is waiting on an empty slot
+        self.last_take_t: float | None = None
+        self.take_interval: float | None = None  # smoothed time between takes, seconds
 
     def put(self, frame: Frame) -> bool:
         """Offers a frame; returns False when the slot is closed."""
@@ -79,14 +82,39 @@ class FrameSlot:
         """The newest frame not yet taken, waiting up to ``timeout`` s; None if none came."""
         with self._cond:
             if self._frame is None:
-                self._cond.wait_for(lambda: self._frame is not None or self._closed, timeout)
+                self.waiting = True
+                try:
+                    self._cond.wait_for(lambda: self._frame is not None or self._closed,
+                                        timeout)
+                finally:
+                    self.waiting = False
             frame = self._frame
             if frame is None:
                 return None
             self._frame = None
             frame.dropped, self._pending_drops = self._pending_drops, 0
+            now = time.monotonic()
+            if self.last_take_t is not None:
+                gap = now - self.last_take_t
+                self.take_interval = gap if self.take_interval is None else \
+                    0.8 * self.take_interval + 0.2 * gap
+            self.last_take_t = now
             self._cond.notify_all()
             return frame
+
+    def skip(self) -> None:
+        """Counts a frame captured but never handed over (not worth converting)."""
+        with self._cond:
+            self._pending_drops += 1
+            self.dropped += 1
+
+    def next_take(self) -> float | None:
+        """When the consumer is expected to take its next frame (``time.monotonic()``), or
+        None when it is waiting now or its pace is not known yet."""
+        with self._cond:
+            if self.waiting or self.last_take_t is None or self.take_interval is None:
+                return None
+            return self.last_take_t + self.take_interval
 
     @property
     def pending(self) -> bool:
@@ -161,6 +189,9 @@ class Capture:
         self.ended = False
         self.error: EdgekitError | None = None
         self.prepare: Callable[[np.ndarray], np.ndarray] | None = None
+        self._grab_t: float | None = None
+        self._grab_interval: float | None = None  # smoothed, seconds
+        self._convert_s = 0.0  # smoothed retrieve + prepare time, seconds
 
     @property
     def dropped(self) -> int:
@@ -277,12 +308,20 @@ class Capture:
         failures = 0
         pace = self._pace_interval(cap)
         next_t = time.monotonic()
+        # Newest-only sources with grab()/retrieve() (OpenCV's): grab every frame, but
+        # convert (retrieve + prepare) only the ones inference may take.
+        lazy = not self.lossless and callable(getattr(cap, "grab", None)) and \
+            callable(getattr(cap, "retrieve", None))
+        self._grab_t, self._grab_interval, self._convert_s = None, None, 0.0
         try:
             while not self._stop.is_set() and gen == self._gen:
-                ok, img = cap.read()
+                if lazy:
+                    ok, img = bool(cap.grab()), None
+                else:
+                    ok, img = cap.read()
                 if gen != self._gen or self._stop.is_set():
                     break
-                if not ok or img is None:
+                if not ok or (img is None and not lazy):
                     if not self.source.live:
                         if self.camera.loop and self._session_frames > 0:
                             if cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
@@ -295,11 +334,6 @@ class Capture:
                     time.sleep(0.01)
                     continue
                 failures = 0
-                if not valid_frame(img):
-                    self.bad_frames += 1
-                    continue
-                if self._flip is not None:
-                    img = cv2.flip(img, self._flip)
                 if pace:
                     next_t += pace
                     delay = next_t - time.monotonic()
@@ -308,6 +342,20 @@ class Capture:
                     else:
                         next_t = time.monotonic()
                 t = time.monotonic()
+                if lazy:
+                    self._note_grab(t)
+                    if not self._worth_converting(t):
+                        self._count(t)
+                        self.slot.skip()
+                        continue
+                    ok, img = cap.retrieve()
+                    if not ok:
+                        img = None
+                if not valid_frame(img):
+                    self.bad_frames += 1
+                    continue
+                if self._flip is not None:
+                    img = cv2.flip(img, self._flip)
                 prepared = None
                 prepare = self.prepare
                 if prepare is not None:
@@ -317,10 +365,11 @@ class Capture:
                         self.bad_frames += 1
                         continue
                 frame = Frame(self._seq, img, t, input=prepared)
-                self._seq += 1
-                self._session_frames += 1
-                self.captured += 1
-                self.last_frame_t = t
+                self._count(t)
+                if lazy:
+                    spent = time.monotonic() - t
+                    self._convert_s = spent if not self._convert_s else \
+                        0.8 * self._convert_s + 0.2 * spent
                 if not self.slot.put(frame):
                     break
         except Exception as e:  # noqa: BLE001 - reported, and the source is reopened
@@ -332,6 +381,34 @@ class Capture:
             except Exception:  # noqa: BLE001, S110 - releasing a broken capture
                 pass
             done.set()
+
+    def _count(self, t: float) -> None:
+        """Counts one frame captured at ``t``."""
+        self._seq += 1
+        self._session_frames += 1
+        self.captured += 1
+        self.last_frame_t = t
+
+    def _note_grab(self, t: float) -> None:
+        """Tracks the smoothed interval between grabbed frames."""
+        if self._grab_t is not None:
+            gap = t - self._grab_t
+            self._grab_interval = gap if self._grab_interval is None else \
+                0.8 * self._grab_interval + 0.2 * gap
+        self._grab_t = t
+
+    def _worth_converting(self, now: float) -> bool:
+        """False when a newer frame is expected, converted, before inference takes the
+        next one: this one would only be replaced, so its conversion would be wasted.
+
+        True whenever inference is waiting or the timings are not known yet; the margin
+        of half a frame interval keeps a late frame from making inference wait.
+        """
+        take = self.slot.next_take()
+        period = self._grab_interval
+        if take is None or period is None:
+            return True
+        return now + 1.5 * period + self._convert_s >= take
 
     def _pace_interval(self, cap: Any) -> float:
         """Seconds between frames for a ``realtime`` file (0: read as fast as possible)."""

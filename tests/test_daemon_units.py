@@ -228,6 +228,59 @@ def test_capture_thread_prepares_frames_and_counts_the_ones_it_rejects():
         np.testing.assert_array_equal(f.input, prepare(f.image))
 
 
+class GrabCamera:
+    """A live camera with grab()/retrieve() at ``fps``, counting conversions."""
+
+    def __init__(self, fps: float) -> None:
+        self.period = 1.0 / fps
+        self.next = time.monotonic()
+        self.grabs = self.retrieves = 0
+
+    def grab(self):
+        self.next += self.period
+        time.sleep(max(0.0, self.next - time.monotonic()))
+        self.grabs += 1
+        return True
+
+    def retrieve(self):
+        self.retrieves += 1
+        return True, img(self.grabs % 256)
+
+    def read(self):  # pragma: no cover - the capture thread must use grab/retrieve
+        raise AssertionError("read() used on a grab/retrieve camera")
+
+    def set(self, *_):
+        return False
+
+    def get(self, *_):
+        return 0.0
+
+    def release(self):
+        pass
+
+
+def test_live_capture_converts_only_frames_inference_may_take():
+    cam = GrabCamera(fps=400)
+    cap = Capture(live(), CameraSettings(), FAST, opener=lambda s, c: cam).start()
+    taken, dropped, ages = 0, 0, []
+    t_end = time.monotonic() + 1.5
+    while time.monotonic() < t_end:
+        f = cap.get(0.5)
+        assert f is not None
+        taken += 1
+        dropped += f.dropped
+        ages.append(time.monotonic() - f.t)
+        time.sleep(0.02)  # inference: 50 fps against a 400 fps camera
+    cap.stop()
+    # Roughly one conversion per frame taken, not one per frame captured...
+    assert cam.retrieves < 0.5 * cam.grabs and cam.retrieves < 2.5 * taken
+    # ...every frame captured is either taken or counted as dropped...
+    assert cap.captured - (taken + cap.dropped) in (0, 1)  # one may wait in the slot
+    assert dropped <= cap.dropped  # the rest came after the last frame taken
+    # ...and the frame handed over is still fresh (a few camera periods old).
+    assert sorted(ages)[len(ages) // 2] < 0.01
+
+
 def test_empty_file_is_an_error():
     cap = Capture(Source("file", "x.avi"), CameraSettings(), FAST,
                   opener=lambda s, c: FakeCamera([], hang=False)).start()
