@@ -194,9 +194,11 @@ def daemon_peak_rss(model: Path, video: Path, threads: int | None, frames: int,
                     interpolation: str | None) -> float:
     """Peak RSS (MB) of a real ``python -m edge_runtime run`` over ``frames`` frames of
     the video: the daemon's own memory, without this benchmark's."""
-    cmd = [sys.executable, "-c", "import resource, sys; from edge_runtime.cli import main; "
-           "rc = main(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_SELF)"
-           ".ru_maxrss, file=sys.stderr); sys.exit(rc)",
+    # VmHWM, not ru_maxrss: on Linux ru_maxrss carries over the parent's peak through
+    # fork/exec, so it would report this benchmark's memory, not the daemon's.
+    cmd = [sys.executable, "-c", "import re, sys; from edge_runtime.cli import main; "
+           "rc = main(sys.argv[1:]); print(re.search(r'VmHWM:\\s+(\\d+)', "
+           "open('/proc/self/status').read()).group(1), file=sys.stderr); sys.exit(rc)",
            "run", "--model", str(model), "--source", str(video), "--loop",
            "--max-frames", str(frames), "--output", os.devnull]
     cmd += (["--threads", str(threads)] if threads else []) + \
@@ -205,7 +207,7 @@ def daemon_peak_rss(model: Path, video: Path, threads: int | None, frames: int,
     lines = [x for x in p.stderr.split() if x.isdigit()]
     if p.returncode != 0 or not lines:
         raise EdgekitError(f"the daemon failed: {p.stderr.strip().splitlines()[-1:]}")
-    return int(lines[-1]) / 1024.0  # ru_maxrss is in KiB on Linux
+    return int(lines[-1]) / 1024.0  # VmHWM is in KiB
 
 
 def pct(values: list[float], q: float) -> float:
