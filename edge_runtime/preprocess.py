@@ -138,12 +138,7 @@ def _resize(img: np.ndarray, size: tuple[int, int], interpolation: str,
         mode = cv2.INTER_AREA
     else:
         mode = cv2.INTER_LINEAR
-        img = _box_reduce(img, size)
-        if img.shape[0] == h and img.shape[1] == w:
-            if out is None:
-                return img
-            out[...] = img
-            return out
+        img = _box_reduce(img, size)  # leaves at least 2x: never the size itself
     if out is None:
         return cv2.resize(img, (w, h), interpolation=mode)
     cv2.resize(img, (w, h), dst=out, interpolation=mode)
