@@ -1,0 +1,120 @@
+"""Golden cases embedded in a model and replayed by edge_runtime.selftest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edge_runtime import selftest as st
+from edge_runtime.classify import Classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "mobilenet_v2_1.0_224_quant.tflite"
+PHOTOS = ("cat.bmp", "parrot.jpg", "grace_hopper.bmp", "hot_dog.jpg")
+
+
+def coral_dir() -> Path | None:
+    """Coral's reference data: beside the checkout (CI), else fetched by `make test-data`."""
+    for d in (ROOT.parent / "shared" / "reference" / "coral", ROOT / "data" / "coral"):
+        if (d / MODEL).is_file():
+            return d
+    return None
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory):
+    """Coral's MobileNetV2 with golden cases from Coral's photos, and its labels."""
+    coral = coral_dir()
+    if coral is None:
+        pytest.skip("Coral reference data not found (run `make test-data`)")
+    labels = coral / "imagenet_labels.txt"
+    clf = Classifier(coral / MODEL, labels=labels)
+    cases = st.make_cases(clf, [(p, cv2.imread(str(coral / p))) for p in PHOTOS])
+    out = tmp_path_factory.mktemp("golden")
+    model = out / "model.tflite"
+    model.write_bytes(st.embed_cases((coral / MODEL).read_bytes(), cases))
+    return model, labels, cases
+
+
+def test_cases_are_recorded_with_margins(golden):
+    model, _, cases = golden
+    assert len(cases["cases"]) == st.MAX_CASES
+    top1 = {c["name"]: c["top"][0]["label"] for c in cases["cases"]}
+    assert top1["parrot.jpg"] == "macaw"
+    assert st.read_cases(model)["cases"][0]["input_sha256"] == cases["cases"][0]["input_sha256"]
+    assert cases["tolerance"] == pytest.approx(2 / 256)  # two steps of the uint8 output
+
+
+def test_passes_on_the_machine_that_made_it(golden):
+    model, labels, _ = golden
+    report = st.run_selftest(model, labels=labels)
+    assert report.status == "pass", report.failure_lines()
+    assert all(c.got_top1 == c.expected_top1 for c in report.cases)
+    assert "3/3 golden cases" in report.summary()
+
+
+def test_wrong_interpolation_fails_on_the_digest(golden):
+    model, labels, _ = golden
+    report = st.run_selftest(model, labels=labels, interpolation="linear")
+    assert report.status == "fail"
+    assert all("input digest differs" in c.problems[0] for c in report.cases)
+
+
+def test_swapped_labels_fail(golden, tmp_path):
+    model, labels, _ = golden
+    lines = labels.read_text().splitlines()
+    lines[88], lines[89] = lines[89], lines[88]  # macaw is class 89 (background first)
+    swapped = tmp_path / "labels.txt"
+    swapped.write_text("\n".join(lines) + "\n")
+    report = st.run_selftest(model, labels=swapped)
+    assert report.status == "fail"
+    assert any("labels in use" in p for p in report.problems)
+    parrot = next(c for c in report.cases if c.name == "parrot.jpg")
+    assert any("labels swapped" in p for p in parrot.problems)
+
+
+def test_corrupted_copy_fails_on_the_hash_without_loading(golden, tmp_path):
+    model, labels, _ = golden
+    copy = tmp_path / "model.tflite"
+    shutil.copy(model, copy)
+    norm = Classifier(model, labels=labels).normalization
+    manifest = {"labels": labels.read_text().splitlines(),
+                "input_size": {"height": 224, "width": 224}, "interpolation": "area",
+                "normalization": {"mean": norm.mean, "std": norm.std},
+                "model_sha256": {"model.tflite": st.file_sha256(copy)}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    intact = st.run_selftest(copy)
+    assert intact.status == "pass", intact.failure_lines()
+    data = bytearray(copy.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 4096] = bytes(b ^ 0xFF for b in data[mid:mid + 4096])
+    copy.write_bytes(bytes(data))
+    report = st.run_selftest(copy)
+    assert report.status == "fail"
+    assert "differs from the manifest's" in report.problems[0]
+    assert report.cases == ()
+
+
+def test_model_without_cases_is_skipped():
+    coral = coral_dir()
+    if coral is None:
+        pytest.skip("Coral reference data not found (run `make test-data`)")
+    report = st.run_selftest(coral / MODEL)
+    assert report.status == "skip" and report.ok
+    assert "no golden cases" in report.summary()
+
+
+def test_margin_filter_drops_ambiguous_images(golden):
+    _, labels, _ = golden
+    coral = coral_dir()
+    clf = Classifier(coral / MODEL, labels=labels)
+    grey = cv2.imread(str(coral / "cat.bmp"))
+    grey[:] = 128  # a flat image: no confident class
+    cases = st.make_cases(clf, [("flat", grey)])
+    kept = [c["name"] for c in cases["cases"]]
+    scores = [t["score"] for c in cases["cases"] for t in c["top"][:2]]
+    assert kept == [] or scores[0] - scores[1] > 2 * cases["tolerance"]
