@@ -18,7 +18,7 @@ from typing import Any
 from edge_runtime.backend import is_edgetpu_model
 from edge_runtime.errors import EdgekitError
 from edge_runtime.preprocess import ImageError, load_image
-from train.data import load_run
+from edge_runtime.runs import load_run
 
 from .analysis import SCHEMA_VERSION, compare, load_results
 from .environment import device_label, environment, environment_warnings, thermal_snapshot

@@ -18,7 +18,7 @@ from edge_runtime.fileio import write_bytes, write_json, write_text
 from edge_runtime.labels import write_labels
 from edge_runtime.manifest import Manifest
 from edge_runtime.metadata import embed_manifest
-from train.data import load_arrays
+from edge_runtime.runs import load_arrays
 
 from .evaluate import add_deltas, format_table, run_model, score, to_markdown, worst_classes
 from .quantization import Quantization

@@ -11,7 +11,7 @@ import numpy as np
 from edge_runtime.errors import EdgekitError
 from edge_runtime.labels import read_labels
 from edge_runtime.manifest import Manifest, Normalization
-from train.data import Split, load_arrays, load_run, scan, stratified_split
+from edge_runtime.runs import Split, load_arrays, load_run, scan, stratified_split
 
 
 @dataclass
