@@ -88,7 +88,7 @@ run: setup ## camera loop: make run MODEL=m.tflite SOURCE=0|/dev/video0|file|url
 	$(call require,SOURCE,make run MODEL=path/to/model.tflite SOURCE=0)
 	$(PY) -m edge_runtime run --model $(MODEL) --source '$(SOURCE)' $(ARGS)
 
-# Renders deploy/edgekit.service for a profile into $(UNIT_DIR) and enables it (run as root).
+# Renders edge_runtime/data/edgekit.service for a profile into $(UNIT_DIR) and enables it (run as root).
 UNIT_DIR ?= /etc/systemd/system
 SERVICE_USER ?= edgekit
 .PHONY: install-service

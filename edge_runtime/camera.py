@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from .errors import EdgekitError
+from .redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ class Source:
         """True for cameras and streams (no end), False for files."""
         return self.kind != "file"
 
+    @property
+    def display(self) -> str:
+        """The target quoted for messages, credentials hidden (see :func:`redact`)."""
+        return redact(repr(self.target))
+
 
 def parse_source(text: str) -> Source:
     """Parses a source string.
@@ -53,7 +59,8 @@ def parse_source(text: str) -> Source:
     if s.lower() == "picamera2" or s.lower().startswith("picamera2:"):
         _, _, num = s.partition(":")
         if num and not num.isdigit():
-            raise EdgekitError(f"bad source {s!r}: expected picamera2 or picamera2:N")
+            raise EdgekitError(f"bad source {redact(repr(s))}: expected picamera2 or "
+                               "picamera2:N")
         return Source("picamera2", int(num or 0))
     if s.lower().startswith(_URL_SCHEMES):
         return Source("url", s, cv2.CAP_FFMPEG)
@@ -62,9 +69,9 @@ def parse_source(text: str) -> Source:
     if s.startswith("/dev/video"):
         return Source("device", s, cv2.CAP_V4L2)
     if not Path(s).exists():
-        raise EdgekitError(f"video source not found: {s}")
+        raise EdgekitError(f"video source not found: {redact(s)}")
     if Path(s).is_dir():
-        raise EdgekitError(f"video source is a folder, expected a video file: {s}")
+        raise EdgekitError(f"video source is a folder, expected a video file: {redact(s)}")
     return Source("file", s)
 
 
@@ -149,7 +156,7 @@ def open_capture(source: Source, width: int | None = None, height: int | None = 
         cap = cv2.VideoCapture(source.target, source.api)
     if not cap.isOpened():
         cap.release()
-        raise EdgekitError(f"cannot open video source {source.target!r} ({source.kind})")
+        raise EdgekitError(f"cannot open video source {source.display} ({source.kind})")
     if source.kind in ("camera", "device"):
         for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
                             (cv2.CAP_PROP_FPS, fps)):

@@ -15,11 +15,20 @@ import numpy as np
 
 from .camera import Source, flip_code, open_capture
 from .errors import EdgekitError
+from .redact import redact
 
 log = logging.getLogger(__name__)
 
 # A live source failing this many reads in a row is treated as gone and reopened.
 MAX_READ_FAILURES = 50
+
+# Weight of the newest sample in the smoothed timings (frame intervals, conversion cost).
+EMA_WEIGHT = 0.2
+
+
+def ema(average: float | None, sample: float, weight: float = EMA_WEIGHT) -> float:
+    """Exponential moving average: ``sample`` itself when there is no average yet."""
+    return sample if average is None else (1.0 - weight) * average + weight * sample
 
 
 @dataclass
@@ -95,9 +104,7 @@ class FrameSlot:
             frame.dropped, self._pending_drops = self._pending_drops, 0
             now = time.monotonic()
             if self.last_take_t is not None:
-                gap = now - self.last_take_t
-                self.take_interval = gap if self.take_interval is None else \
-                    0.8 * self.take_interval + 0.2 * gap
+                self.take_interval = ema(self.take_interval, now - self.last_take_t)
             self.last_take_t = now
             self._cond.notify_all()
             return frame
@@ -141,6 +148,19 @@ def backoff_delay(attempt: int, initial: float, maximum: float, jitter: float,
     return max(0.0, base * (1.0 + jitter * (2.0 * rand() - 1.0)))
 
 
+@dataclass
+class _Pass:
+    """One reader's state over one opening of the source (for a looped file: one play)."""
+
+    gen: int
+    lazy: bool  # grab() every frame, retrieve() only the ones worth converting
+    pace: float  # seconds between frames for a realtime file (0: as fast as read)
+    expected: int  # frames the file says it has (0: unknown, or a live source)
+    next_t: float = 0.0
+    reads: int = 0  # frames read in this play of the file
+    failures: int = 0  # failed reads in a row (live sources)
+
+
 class Capture:
     """Reads a source on a background thread and keeps the newest frame for inference.
 
@@ -148,8 +168,10 @@ class Capture:
     ``stall_s`` (or that ends, or fails :data:`MAX_READ_FAILURES` reads in a row) is
     abandoned and reopened after an exponential backoff with jitter, forever, until
     :meth:`stop`. A bad frame (empty, wrong type) is counted in ``bad_frames`` and skipped.
-    A reader stuck inside ``read()`` is left behind (it releases its capture if it ever
-    returns), so a wedged driver cannot block recovery.
+    A file that ends before the frame count its header declares (a damaged or truncated
+    file) has the missing frames counted in ``unreadable`` (and in ``bad_frames``), with a
+    warning. A reader stuck inside ``read()`` is left behind (it releases its capture if
+    it ever returns), so a wedged driver cannot block recovery.
 
     Args:
         source: the parsed source.
@@ -162,6 +184,8 @@ class Capture:
             every frame as it arrives, so the resize overlaps the previous ``invoke()``
             instead of following it; a frame it rejects (``cv2.error``, ``ValueError``)
             is counted in ``bad_frames``. Set it before :meth:`start` or at any time.
+        last_error: the last problem with the source, credentials redacted (it is shown
+            on ``/healthz``); None before the first.
     """
 
     def __init__(self, source: Source, camera: Any, watchdog: Any,
@@ -180,18 +204,29 @@ class Capture:
         self._supervisor: threading.Thread | None = None
         self.captured = 0
         self.bad_frames = 0
+        self.unreadable = 0
         self.reconnects = 0
         self.stalls = 0
         self.last_frame_t = time.monotonic()
         self.heartbeat_t = time.monotonic()
         self.state = "starting"
-        self.last_error: str | None = None
+        self._last_error: str | None = None
         self.ended = False
         self.error: EdgekitError | None = None
         self.prepare: Callable[[np.ndarray], np.ndarray] | None = None
         self._grab_t: float | None = None
         self._grab_interval: float | None = None  # smoothed, seconds
-        self._convert_s = 0.0  # smoothed retrieve + prepare time, seconds
+        self._convert_s: float | None = None  # smoothed retrieve + prepare time, seconds
+
+    @property
+    def last_error(self) -> str | None:
+        """The last problem with the source (credentials redacted), or None."""
+        return self._last_error
+
+    @last_error.setter
+    def last_error(self, text: str | None) -> None:
+        # Redacted when stored: /healthz, /latest and /metrics read it as it is.
+        self._last_error = None if text is None else redact(text)
 
     @property
     def dropped(self) -> int:
@@ -227,7 +262,7 @@ class Capture:
         if self._supervisor is not None:
             self._supervisor.join(timeout)
 
-    # -- threads ---------------------------------------------------------------------
+    # -- supervisor --------------------------------------------------------------------
 
     def _supervise(self, cap: Any) -> None:
         attempt = 0
@@ -251,13 +286,13 @@ class Capture:
                 self.ended = True
                 if self.captured == 0:
                     self.error = EdgekitError(f"no frame could be read from "
-                                              f"{self.source.target!r}; is it a video?")
+                                              f"{self.source.display}; is it a video?")
                 self.slot.close()
                 return
             if why == "stalled":
                 self.stalls += 1
-                log.warning("video source %r: no new frame for %.1f s; reopening",
-                            self.source.target, self.watchdog.stall_s)
+                log.warning("video source %s: no new frame for %.1f s; reopening",
+                            self.source.display, self.watchdog.stall_s)
             cap = self._reopen(attempt)
             attempt += 1
             if cap is None:
@@ -280,8 +315,8 @@ class Capture:
         self.state = "reconnecting"
         while not self._stop.is_set():
             delay = backoff_delay(attempt, w.backoff_initial_s, w.backoff_max_s, w.jitter)
-            log.warning("reopening video source %r in %.2f s (attempt %d)",
-                        self.source.target, delay, attempt + 1)
+            log.warning("reopening video source %s in %.2f s (attempt %d)",
+                        self.source.display, delay, attempt + 1)
             end = time.monotonic() + delay
             while not self._stop.is_set() and time.monotonic() < end:
                 self.heartbeat_t = time.monotonic()
@@ -300,87 +335,124 @@ class Capture:
                 continue
             self.reconnects += 1
             self.state = "running"
-            log.warning("video source %r reopened", self.source.target)
+            log.warning("video source %s reopened", self.source.display)
             return cap
         return None
 
+    # -- reader ------------------------------------------------------------------------
+
     def _read(self, cap: Any, gen: int, done: threading.Event) -> None:
-        failures = 0
-        pace = self._pace_interval(cap)
-        next_t = time.monotonic()
+        """The reader thread: frames from ``cap`` into the slot until the source ends,
+        fails, is abandoned (``gen`` is no longer current) or we stop."""
         # Newest-only sources with grab()/retrieve() (OpenCV's): grab every frame, but
         # convert (retrieve + prepare) only the ones inference may take.
         lazy = not self.lossless and callable(getattr(cap, "grab", None)) and \
             callable(getattr(cap, "retrieve", None))
-        self._grab_t, self._grab_interval, self._convert_s = None, None, 0.0
+        p = _Pass(gen, lazy, self._pace_interval(cap), self._frame_count(cap),
+                  next_t=time.monotonic())
+        self._grab_t = self._grab_interval = self._convert_s = None
         try:
-            while not self._stop.is_set() and gen == self._gen:
-                if lazy:
-                    ok, img = bool(cap.grab()), None
-                else:
-                    ok, img = cap.read()
-                if gen != self._gen or self._stop.is_set():
+            while self._current(gen):
+                ok, img = (bool(cap.grab()), None) if lazy else cap.read()
+                if not self._current(gen):
                     break
                 if not ok or (img is None and not lazy):
-                    if not self.source.live:
-                        if self.camera.loop and self._session_frames > 0:
-                            if cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
-                                continue
-                        break  # end of file (a loop that cannot rewind: reopened)
-                    failures += 1
-                    if failures >= MAX_READ_FAILURES:
-                        self.last_error = f"{failures} failed reads in a row"
-                        break
-                    time.sleep(0.01)
-                    continue
-                failures = 0
-                if pace:
-                    next_t += pace
-                    delay = next_t - time.monotonic()
-                    if delay > 0:
-                        self._stop.wait(delay)
-                    else:
-                        next_t = time.monotonic()
-                t = time.monotonic()
-                if lazy:
-                    self._note_grab(t)
-                    if not self._worth_converting(t):
-                        self._count(t)
-                        self.slot.skip()
+                    if self._failed_read(cap, p):
                         continue
-                    ok, img = cap.retrieve()
-                    if not ok:
-                        img = None
-                if not valid_frame(img):
-                    self.bad_frames += 1
-                    continue
-                if self._flip is not None:
-                    img = cv2.flip(img, self._flip)
-                prepared = None
-                prepare = self.prepare
-                if prepare is not None:
-                    try:
-                        prepared = prepare(img)
-                    except (cv2.error, ValueError):
-                        self.bad_frames += 1
-                        continue
-                frame = Frame(self._seq, img, t, input=prepared)
-                self._count(t)
-                if lazy:
-                    spent = time.monotonic() - t
-                    self._convert_s = spent if not self._convert_s else \
-                        0.8 * self._convert_s + 0.2 * spent
-                if not self.slot.put(frame):
+                    break
+                p.failures = 0
+                p.reads += 1
+                self._wait_pace(p)
+                frame = self._convert(cap, img, time.monotonic(), lazy)
+                if frame is not None and not self.slot.put(frame):
                     break
         except Exception as e:  # noqa: BLE001 - reported, and the source is reopened
             self.last_error = f"{type(e).__name__}: {e}"
-            log.warning("video source %r: %s", self.source.target, self.last_error)
+            log.warning("video source %s: %s", self.source.display, self.last_error)
         finally:
             try:
                 cap.release()
             except Exception:  # noqa: BLE001, S110 - releasing a broken capture
                 pass
             done.set()
+
+    def _current(self, gen: int) -> bool:
+        """True while the reader of generation ``gen`` should go on."""
+        return gen == self._gen and not self._stop.is_set()
+
+    def _failed_read(self, cap: Any, p: _Pass) -> bool:
+        """Handles a read that returned no frame; True to read again, False to end.
+
+        A file has ended (a looped one is rewound when it can be); a live source is given
+        :data:`MAX_READ_FAILURES` tries in a row before it is reopened.
+        """
+        if not self.source.live:
+            self._end_of_play(p)
+            if self.camera.loop and self._session_frames > 0 and \
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                p.reads = 0
+                return True
+            return False  # end of file (a loop that cannot rewind: reopened)
+        p.failures += 1
+        if p.failures >= MAX_READ_FAILURES:
+            self.last_error = f"{p.failures} failed reads in a row"
+            return False
+        time.sleep(0.01)
+        return True
+
+    def _end_of_play(self, p: _Pass) -> None:
+        """Counts the frames a file declared but never delivered (damaged or truncated)."""
+        missing = p.expected - p.reads
+        if p.expected <= 0 or missing <= 0:
+            return
+        self.unreadable += missing
+        self.bad_frames += missing
+        self.last_error = (f"{missing} of {p.expected} frames of {self.source.display} "
+                           "could not be read (damaged or truncated file)")
+        log.warning("video source %s: %d of %d frames could not be read (damaged or "
+                    "truncated file); %d read", self.source.display, missing, p.expected,
+                    p.reads)
+
+    def _wait_pace(self, p: _Pass) -> None:
+        """Holds a ``realtime`` file's frame until it is due (a late one resets the clock)."""
+        if not p.pace:
+            return
+        p.next_t += p.pace
+        delay = p.next_t - time.monotonic()
+        if delay > 0:
+            self._stop.wait(delay)
+        else:
+            p.next_t = time.monotonic()
+
+    def _convert(self, cap: Any, img: Any, t: float, lazy: bool) -> Frame | None:
+        """The frame read at ``t``, flipped and prepared; None when it is skipped (not
+        worth converting: counted as dropped) or bad (counted in ``bad_frames``)."""
+        if lazy:
+            self._note_grab(t)
+            if not self._worth_converting(t):
+                self._count(t)
+                self.slot.skip()
+                return None
+            ok, img = cap.retrieve()
+            if not ok:
+                img = None
+        if not valid_frame(img):
+            self.bad_frames += 1
+            return None
+        if self._flip is not None:
+            img = cv2.flip(img, self._flip)
+        prepared = None
+        prepare = self.prepare
+        if prepare is not None:
+            try:
+                prepared = prepare(img)
+            except (cv2.error, ValueError):
+                self.bad_frames += 1
+                return None
+        self._count(t)
+        if lazy:
+            self._convert_s = ema(self._convert_s, time.monotonic() - t)
+        return Frame(self._seq - 1, img, t, input=prepared)
 
     def _count(self, t: float) -> None:
         """Counts one frame captured at ``t``."""
@@ -392,9 +464,7 @@ class Capture:
     def _note_grab(self, t: float) -> None:
         """Tracks the smoothed interval between grabbed frames."""
         if self._grab_t is not None:
-            gap = t - self._grab_t
-            self._grab_interval = gap if self._grab_interval is None else \
-                0.8 * self._grab_interval + 0.2 * gap
+            self._grab_interval = ema(self._grab_interval, t - self._grab_t)
         self._grab_t = t
 
     def _worth_converting(self, now: float) -> bool:
@@ -408,19 +478,29 @@ class Capture:
         period = self._grab_interval
         if take is None or period is None:
             return True
-        return now + 1.5 * period + self._convert_s >= take
+        return now + 1.5 * period + (self._convert_s or 0.0) >= take
 
     def _pace_interval(self, cap: Any) -> float:
         """Seconds between frames for a ``realtime`` file (0: read as fast as possible)."""
         if self.source.live or not self.camera.realtime:
             return 0.0
-        fps = self.camera.fps
-        if not fps:
-            try:
-                fps = float(cap.get(cv2.CAP_PROP_FPS))
-            except Exception:  # noqa: BLE001 - unknown rate
-                fps = 0.0
+        fps = self.camera.fps or _cap_property(cap, cv2.CAP_PROP_FPS)
         return 1.0 / fps if fps and fps > 0 else 1.0 / 25.0
+
+    def _frame_count(self, cap: Any) -> int:
+        """The frame count a file's header declares (0: unknown, or a live source)."""
+        if self.source.live:
+            return 0
+        n = _cap_property(cap, cv2.CAP_PROP_FRAME_COUNT)
+        return int(n) if 0 < n < 2**31 else 0
+
+
+def _cap_property(cap: Any, prop: int) -> float:
+    """``cap.get(prop)``, 0 when the capture cannot say."""
+    try:
+        return float(cap.get(prop))
+    except Exception:  # noqa: BLE001 - unknown property or a broken capture
+        return 0.0
 
 
 def _default_opener(source: Source, camera: Any) -> Any:

@@ -51,14 +51,18 @@ class StopFlag:
         return restore
 
 
+# The fields of a JSON line without ``output.details``.
+BRIEF_FIELDS = ("time", "frame", "index", "label", "score", "inference_ms")
+
+
 def result_fields(result: Result, frame_seq: int, invoke_ms: float, age_ms: float,
-                  dropped: int, details: bool) -> dict[str, Any]:
+                  dropped: int) -> dict[str, Any]:
     """One result as a JSON-able dict.
 
-    Always: ``time``, ``frame``, ``index``, ``label``, ``score``, ``inference_ms``. With
-    ``details``: ``frame_age_ms`` (capture to result), ``dropped`` (frames skipped since
-    the previous result), ``top`` (best allowed classes) and ``raw`` (the model's own
-    top-1, unsmoothed).
+    :data:`BRIEF_FIELDS` (``time``, ``frame``, ``index``, ``label``, ``score``,
+    ``inference_ms``), then ``frame_age_ms`` (capture to result), ``dropped`` (frames
+    skipped since the previous result), ``top`` (best allowed classes) and ``raw`` (the
+    model's own top-1, unsmoothed).
     """
     line: dict[str, Any] = {
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
@@ -67,16 +71,14 @@ def result_fields(result: Result, frame_seq: int, invoke_ms: float, age_ms: floa
         "label": result.label,
         "score": round(result.score, 6),
         "inference_ms": round(invoke_ms, 3),
+        "frame_age_ms": round(age_ms, 3),
+        "dropped": dropped,
+        "top": [{"index": c.index, "label": c.label, "score": round(c.score, 6)}
+                for c in result.top],
     }
-    if details:
-        line["frame_age_ms"] = round(age_ms, 3)
-        line["dropped"] = dropped
-        line["top"] = [{"index": c.index, "label": c.label, "score": round(c.score, 6)}
-                       for c in result.top]
-        raw = result.raw
-        if raw is not None:
-            line["raw"] = {"index": raw.index, "label": raw.label,
-                           "score": round(raw.score, 6)}
+    raw = result.raw
+    if raw is not None:
+        line["raw"] = {"index": raw.index, "label": raw.label, "score": round(raw.score, 6)}
     return line
 
 
@@ -124,9 +126,7 @@ class Daemon:
         # Preprocess on the capture thread, as frames arrive (overlapping invoke()).
         capture.prepare = self.frames.prepare
         self.count = 0
-        self.dropped_total = 0
         self.total_invoke_ms = 0.0
-        self.first_result_t: float | None = None
 
     def status(self) -> dict[str, Any]:
         """Totals for /latest and /healthz."""
@@ -135,6 +135,7 @@ class Daemon:
         return {"backend": f"{b.name} {b.version}", "model": self.classifier.model_path.name,
                 "frames_total": self.count, "dropped_total": cap.dropped,
                 "bad_frames_total": cap.bad_frames + self.metrics.bad_frames,
+                "unreadable_frames_total": cap.unreadable,
                 "reconnects_total": cap.reconnects, "capture": cap.state,
                 "last_error": cap.last_error}
 
@@ -154,16 +155,12 @@ class Daemon:
             log.warning("bad frame %d skipped: %s", frame.seq, str(e).strip().splitlines()[-1])
             return
         result = self.smoother(scores)
-        done = time.monotonic()
         invoke_ms = self.frames.last_invoke_ms
-        age_ms = (done - frame.t) * 1000.0
-        self.dropped_total += frame.dropped
+        age_ms = (time.monotonic() - frame.t) * 1000.0
         out = self.cfg.output
-        line = result_fields(result, frame.seq, invoke_ms, age_ms, frame.dropped, True)
+        line = result_fields(result, frame.seq, invoke_ms, age_ms, frame.dropped)
         if self.writer is not None and (not out.on_change or result.changed or not self.count):
-            self.writer.write(line if out.details else
-                              {k: line[k] for k in ("time", "frame", "index", "label",
-                                                    "score", "inference_ms")})
+            self.writer.write(line if out.details else {k: line[k] for k in BRIEF_FIELDS})
         if result.changed:
             with self.metrics.lock:
                 self.metrics.label_changes += 1
@@ -178,23 +175,25 @@ class Daemon:
                              age_ms / 1000.0)
         self.count += 1
         self.total_invoke_ms += invoke_ms
-        if self.first_result_t is None:
-            self.first_result_t = done
 
     def run(self) -> dict[str, float]:
-        """Runs until done; returns frames, seconds, fps and mean inference_ms.
+        """Runs until done; returns frames, seconds, fps, mean inference_ms and
+        ``unreadable`` (frames a damaged file declared but never delivered).
 
         Raises:
             EdgekitError: a file source that yielded no frame at all.
         """
         t_start = time.perf_counter()
         self.notifier.ready(f"classifying {self.capture.source.kind} "
-                            f"{self.capture.source.target!r}")
+                            f"{self.capture.source.display}")
         next_status = time.monotonic() + STATUS_EVERY_S
         while not self.stop.event.is_set():
             t0 = time.monotonic()
             frame = self.capture.get(0.1)
             now = time.monotonic()
+            if now >= next_status:  # also while the camera is being reopened
+                next_status = now + STATUS_EVERY_S
+                self.notifier.status(self._status_text())
             if frame is None:
                 if self.capture.finished:
                     if self.capture.error is not None:
@@ -205,19 +204,21 @@ class Daemon:
             before = self.count
             self._classify(frame, t0)
             self._keepalive(self.count > before, now)
-            if now >= next_status:
-                next_status = now + STATUS_EVERY_S
-                self.notifier.status(self._status_text())
             if self.max_frames is not None and self.count >= self.max_frames:
                 break
         seconds = time.perf_counter() - t_start
         return {"frames": self.count, "seconds": round(seconds, 3),
                 "fps": round(self.count / seconds, 2) if seconds > 0 else 0.0,
                 "mean_inference_ms": round(self.total_invoke_ms / self.count, 3)
-                if self.count else 0.0}
+                if self.count else 0.0,
+                "unreadable": self.capture.unreadable}
 
     def _status_text(self) -> str:
         s = self.smoother
         label = s.label(s.current) if s.current is not None else "none"
-        return (f"{self.metrics.fps:.1f} fps, label {label}, {self.capture.dropped} dropped, "
-                f"{self.capture.reconnects} reconnects")
+        cap = self.capture
+        return (f"{self.metrics.fps:.1f} fps, label {label}, {cap.dropped} dropped, "
+                f"{cap.reconnects} reconnects"
+                + (f", {cap.unreadable} unreadable" if cap.unreadable else "")
+                + (f"; last error: {cap.last_error}" if cap.state == "reconnecting"
+                   and cap.last_error else ""))

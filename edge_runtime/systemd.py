@@ -7,9 +7,14 @@ import shlex
 import socket
 import sys
 import time
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
-UNIT_TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "edgekit.service"
+from .redact import redact
+
+# Package data (see pyproject.toml), so that a pip-installed runtime can render its unit.
+UNIT_TEMPLATE = resources.files(__package__) / "data" / "edgekit.service"
 
 
 class Notifier:
@@ -52,7 +57,8 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(message.encode(), self.address)
+            # STATUS= is shown to anyone who may run `systemctl status`: no credentials.
+            self._sock.sendto(redact(message).encode(), self.address)
             return True
         except OSError:
             return False
@@ -88,23 +94,24 @@ class Notifier:
 
 def render_unit(config: str | Path, workdir: str | Path | None = None,
                 python: str | None = None, user: str = "edgekit",
-                template: Path = UNIT_TEMPLATE) -> str:
-    """The systemd unit for running ``config`` as a service, from ``deploy/edgekit.service``.
+                template: Any = UNIT_TEMPLATE) -> str:
+    """The systemd unit for running ``config`` as a service, from the package's
+    ``edge_runtime/data/edgekit.service``.
 
     Args:
         config: the device profile (made absolute).
-        workdir: the working directory (default: the project root, where relative model
-            paths in profiles resolve).
+        workdir: the working directory (default: the current one, where relative model
+            paths in profiles resolve; ``make install-service`` runs from the project root).
         python: the interpreter (default: this one, e.g. the project's .venv).
         user: the account the service runs as.
-        template: the unit template with ``@PYTHON@``, ``@CONFIG@``, ``@WORKDIR@``,
-            ``@USER@`` placeholders.
+        template: the unit template (a path or a package resource) with ``@PYTHON@``,
+            ``@CONFIG@``, ``@WORKDIR@``, ``@USER@`` placeholders.
     """
     text = template.read_text(encoding="utf-8")
     values = {
         "@PYTHON@": shlex.quote(python or sys.executable),
         "@CONFIG@": shlex.quote(str(Path(config).resolve())),
-        "@WORKDIR@": str(Path(workdir or UNIT_TEMPLATE.parents[1]).resolve()),
+        "@WORKDIR@": str(Path(workdir or Path.cwd()).resolve()),
         "@USER@": user,
     }
     for key, value in values.items():
