@@ -30,7 +30,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import EdgekitError
+from .imageio import ImageError as ImageError  # re-exported: callers catch it from here
+from .imageio import read_image
 
 INTERPOLATIONS = ("linear", "area")
 DEFAULT_INTERPOLATION = "linear"  # for new models; see the module docstring
@@ -40,31 +41,17 @@ MAX_LINEAR_FACTOR = 4
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
 
-class ImageError(EdgekitError):
-    """An image file that cannot be decoded."""
-
-
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Reads an image file as an RGB ``uint8`` array of shape (H, W, 3).
 
+    The size is read from the header first: an image above ``max_pixels`` (default
+    :func:`edge_runtime.imageio.max_pixels`, 50 Mpx) is refused before it is decoded.
     Grayscale, 16-bit and alpha images are converted (to 3-channel 8-bit RGB).
 
     Raises:
-        ImageError: missing, empty or undecodable file.
+        ImageError: missing, empty, unsupported, corrupt or oversized file.
     """
-    path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # fromfile+imdecode: non-ASCII paths work
-    except FileNotFoundError:
-        raise ImageError(f"image not found: {path}") from None
-    except (IsADirectoryError, PermissionError, OSError) as e:
-        raise ImageError(f"cannot read image {path}: {e}") from None
-    if data.size == 0:
-        raise ImageError(f"image file is empty: {path}")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ImageError(f"not a decodable image: {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return read_image(path, max_pixels)
 
 
 def bgr_to_rgb(frame: np.ndarray) -> np.ndarray:
@@ -210,9 +197,10 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int], resize: str = "stretch",
 
 
 def load_for_model(path: str | Path, size: tuple[int, int], resize: str = "stretch",
-                   interpolation: str = DEFAULT_INTERPOLATION) -> np.ndarray:
+                   interpolation: str = DEFAULT_INTERPOLATION,
+                   max_pixels: int | None = None) -> np.ndarray:
     """Reads an image file and resizes it for a model: :func:`load_image` + :func:`fit`."""
-    return fit(load_image(path), size, resize, interpolation=interpolation)
+    return fit(load_image(path, max_pixels), size, resize, interpolation=interpolation)
 
 
 def list_images(folder: str | Path) -> list[Path]:

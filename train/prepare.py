@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edge_runtime.errors import EdgekitError
 from edge_runtime.fileio import write_json
+from edge_runtime.preprocess import IMAGE_SUFFIXES
 
 from .data import Split, stratified_split
 from .datasets import open_dataset
@@ -23,6 +24,18 @@ def class_weights(split: Split, n_classes: int) -> dict[int, float]:
     return {c: (total / (n_classes * n) if n else 0.0) for c, n in enumerate(counts)}
 
 
+def _too_few_classes(data: str | Path, ds) -> str:
+    """The error for fewer than 2 classes, saying what layout was expected."""
+    found = f"found {len(ds.classes)}" + (f" ({', '.join(ds.classes)})" if ds.classes else "")
+    if ds.layout == "class-folders":
+        loose = sum(1 for p in Path(data).iterdir()
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        where = f"; its {loose} loose images need sorting into them" if loose else ""
+        return (f"expected one subfolder per class (at least 2, e.g. {data}/cat/, "
+                f"{data}/dog/) in {data}, {found}{where}")
+    return f"expected at least 2 classes in {data}, {found}"
+
+
 def prepare(data: str | Path, out: Path, min_per_class: int, val_fraction: float,
             test_fraction: float, seed: int):
     """Opens, pre-scans and splits the data; writes ``out/data_report.json``.
@@ -36,7 +49,7 @@ def prepare(data: str | Path, out: Path, min_per_class: int, val_fraction: float
     ds = open_dataset(data, out / "data_cache")
     good, bad, notes = prescan(ds.root, ds.files)
     if len(ds.classes) < 2:
-        raise EdgekitError(f"expected at least 2 classes in {data}, found {len(ds.classes)}")
+        raise EdgekitError(_too_few_classes(data, ds))
     for c in ds.classes:
         if len(good[c]) < min_per_class:
             where = ds.root / c if ds.presplit is None else ds.root

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.imageio import ImageError, max_pixels, probe_file
+
 MIN_SIDE = 16
-MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold (about 0.25 GB as RGBA)
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,15 @@ def _truncated(path: Path, fmt: str | None) -> bool:
     return False
 
 
-def check_file(path: Path, root: Path) -> tuple[str | None, str | None]:
+def check_file(path: Path, root: Path, limit: int | None = None
+               ) -> tuple[str | None, str | None]:
     """Returns (problem, note): ``problem`` makes the file unusable; ``note`` records a
-    conversion (CMYK, 16-bit, grayscale, palette) that loading will do."""
+    conversion (CMYK, 16-bit, grayscale, palette) that loading will do.
+
+    The size comes from the runtime's header reader (:mod:`edge_runtime.imageio`), the
+    same check that refuses the file at decode time, with the same ``limit`` (default:
+    ``EDGEKIT_MAX_IMAGE_PIXELS`` or 50 Mpx); Pillow only reads the header for the mode.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -44,17 +52,21 @@ def check_file(path: Path, root: Path) -> tuple[str | None, str | None]:
     if real.stat().st_size == 0:
         return "zero-byte file", None
     try:
-        with Image.open(real) as im:
-            w, h = im.size
-            fmt, mode = im.format, im.mode
-    except Image.DecompressionBombError:
-        return f"decompression-bomb sized image (> {MAX_PIXELS} pixels)", None
-    except (UnidentifiedImageError, OSError, ValueError):
-        return "not an image", None
-    if w * h > MAX_PIXELS:
-        return f"huge image {w}x{h} (> {MAX_PIXELS} pixels)", None
+        info = probe_file(real, limit)
+    except ImageError as e:
+        return ("not an image" if e.kind == "unsupported" else e.reason), None
+    w, h = info.width, info.height
     if min(w, h) < MIN_SIDE:
         return f"tiny image {w}x{h} (< {MIN_SIDE} px)", None
+    try:
+        with warnings.catch_warnings():
+            # The size is checked above, against our limit; Pillow's own bomb warning
+            # (and its error at twice its limit) would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(real) as im:
+                fmt, mode = im.format, im.mode
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        return "not an image", None
     if _truncated(real, fmt):
         return f"truncated {fmt} file", None
     note = {"CMYK": "CMYK converted to RGB", "L": "grayscale converted to RGB",
@@ -72,17 +84,18 @@ def prescan(root: Path, files: dict[str, list[Path]]) -> tuple[dict[str, list[Pa
 
     Returns:
         (usable files by class, rejected [path, reason], converted [path, note]).
-    """
-    from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    Raises:
+        ImageError: ``EDGEKIT_MAX_IMAGE_PIXELS`` is set but not a positive number.
+    """
+    limit = max_pixels()  # a bad EDGEKIT_MAX_IMAGE_PIXELS is one error, not one per file
     good: dict[str, list[Path]] = {}
     bad: list[FileIssue] = []
     notes: list[FileIssue] = []
     for cls, paths in files.items():
         good[cls] = []
         for p in paths:
-            problem, note = check_file(p, root)
+            problem, note = check_file(p, root, limit)
             rel = p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
             if problem:
                 bad.append(FileIssue(rel, problem))
