@@ -98,10 +98,10 @@ class Picamera2Capture:
                 controls={"FrameRate": float(fps)} if fps else {})
             self._cam.configure(config)
             self._cam.start()
-        except Exception as e:  # noqa: BLE001 - libcamera raises many kinds
+        except Exception as e:  # libcamera raises many kinds
             raise EdgekitError(f"cannot open picamera2 camera {index}: {e}") from None
 
-    def isOpened(self) -> bool:  # noqa: N802 - cv2.VideoCapture's name
+    def isOpened(self) -> bool:  # cv2.VideoCapture's name
         """Always True once constructed."""
         return True
 
@@ -109,7 +109,7 @@ class Picamera2Capture:
         """The next frame as BGR."""
         try:
             return True, self._cam.capture_array("main")
-        except Exception:  # noqa: BLE001 - a failed read is reported as one
+        except Exception:  # a failed read is reported as one
             return False, None
 
     def get(self, _prop: int) -> float:
@@ -125,7 +125,7 @@ class Picamera2Capture:
         try:
             self._cam.stop()
             self._cam.close()
-        except Exception:  # noqa: BLE001, S110 - closing a gone camera
+        except Exception:  # closing a gone camera
             pass
 
 

@@ -329,7 +329,7 @@ class Capture:
                 self.last_error = str(e)
                 attempt += 1
                 continue
-            except Exception as e:  # noqa: BLE001 - a driver error must not end the daemon
+            except Exception as e:  # a driver error must not end the daemon
                 self.last_error = f"{type(e).__name__}: {e}"
                 attempt += 1
                 continue
@@ -366,13 +366,13 @@ class Capture:
                 frame = self._convert(cap, img, time.monotonic(), lazy)
                 if frame is not None and not self.slot.put(frame):
                     break
-        except Exception as e:  # noqa: BLE001 - reported, and the source is reopened
+        except Exception as e:  # reported, and the source is reopened
             self.last_error = f"{type(e).__name__}: {e}"
             log.warning("video source %s: %s", self.source.display, self.last_error)
         finally:
             try:
                 cap.release()
-            except Exception:  # noqa: BLE001, S110 - releasing a broken capture
+            except Exception:  # releasing a broken capture
                 pass
             done.set()
 
@@ -499,7 +499,7 @@ def _cap_property(cap: Any, prop: int) -> float:
     """``cap.get(prop)``, 0 when the capture cannot say."""
     try:
         return float(cap.get(prop))
-    except Exception:  # noqa: BLE001 - unknown property or a broken capture
+    except Exception:  # unknown property or a broken capture
         return 0.0
 
 

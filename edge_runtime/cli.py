@@ -220,7 +220,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     why = f"stopped by signal {stop.signal}" if stop.signal else "done"
     print(f"{why}: {summary['frames']} frames in {summary['seconds']} s "
           f"({summary['fps']} fps, mean inference {summary['mean_inference_ms']} ms, "
-          f"backend {clf.backend.name} {clf.backend.version})", file=sys.stderr)
+          f"backend {clf.backend.name} {clf.backend.version})"
+          + (f"; {summary['unreadable']} frames could not be read (damaged or truncated "
+             "file)" if summary.get("unreadable") else ""), file=sys.stderr)
     return EXIT_OK
 
 
@@ -270,7 +272,7 @@ def _run_daemon(args: argparse.Namespace, stop):
             daemon.server = server
         threads = cfg.model.threads or "default"
         print(f"edgekit: {clf.model_path} on {clf.backend.name} {clf.backend.version} "
-              f"({delegate}, threads {threads}); source {source.kind} {source.target!r}"
+              f"({delegate}, threads {threads}); source {source.kind} {source.display}"
               + (f"; http {daemon.server.url}" if daemon.server else ""), file=sys.stderr)
         return daemon.run(), clf
 
@@ -297,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from .redact import install_log_redaction, redact
+
+    install_log_redaction()  # a camera URL's password never reaches a log
     try:
         if args.command == "classify":
             return _cmd_classify(args)
@@ -306,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_unit(args)
         return _cmd_run(args)
     except EdgekitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         return EXIT_OK

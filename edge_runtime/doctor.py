@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EXIT_ERROR, EXIT_OK, EdgekitError
+from .redact import redact
 
 CORAL_USB_IDS = {("1a6e", "089a"): "Coral USB Accelerator (not yet initialised)",
                  ("18d1", "9302"): "Coral USB Accelerator"}
@@ -75,8 +76,9 @@ class Doctor:
             return None
 
     def add(self, name: str, status: str, detail: str, fix: str = "") -> None:
-        """Records one check."""
-        self.checks.append(Check(name, status, detail, fix))
+        """Records one check (credentials in a source URL hidden: doctor output is pasted
+        into bug reports)."""
+        self.checks.append(Check(name, status, redact(detail), redact(fix)))
 
     def run_all(self) -> list[Check]:
         """Runs every check; returns them in order."""
@@ -85,7 +87,7 @@ class Doctor:
                       self.throttling, self.temperature, self.profile):
             try:
                 check()
-            except Exception as e:  # noqa: BLE001 - one broken check must not hide the rest
+            except Exception as e:  # one broken check must not hide the rest
                 self.add(check.__name__, "warn", f"check failed: {type(e).__name__}: {e}")
         return self.checks
 
