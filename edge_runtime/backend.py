@@ -121,13 +121,18 @@ def load_edgetpu_delegate(device: str | None = None) -> Any:
 
 
 def make_interpreter(model_path: str | Path, threads: int | None = None,
-                     edgetpu: bool | str = False) -> Any:
-    """Creates and allocates an interpreter for a ``.tflite`` file.
+                     edgetpu: bool | str = False, providers: list[str] | None = None,
+                     engine_cache: str | Path | None = None) -> Any:
+    """Creates and allocates an interpreter for a ``.tflite`` file, or for an ``.onnx`` one
+    an :class:`edge_runtime.onnx_backend.OnnxInterpreter` with the same methods.
 
     Args:
         model_path: the model.
         threads: CPU threads for the interpreter (None: the backend's default).
         edgetpu: False, True (first Edge TPU) or a device string such as "usb:0".
+        providers: ONNX Runtime providers, best first ("tensorrt", "cuda", "cpu");
+            None: all that are available. Ignored for TFLite models.
+        engine_cache: TensorRT engine cache folder (ONNX models only).
 
     Raises:
         EdgekitError: missing file, not a TFLite model, or an Edge TPU model without an
@@ -136,6 +141,10 @@ def make_interpreter(model_path: str | Path, threads: int | None = None,
     path = Path(model_path)
     if not path.is_file():
         raise EdgekitError(f"model not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        from .onnx_backend import OnnxInterpreter
+
+        return OnnxInterpreter(path, threads, providers, engine_cache)
     data = path.read_bytes()
     # A FlatBuffer TFLite model carries the file identifier "TFL3" at bytes 4..8.
     if len(data) < 8 or data[4:8] != b"TFL3":

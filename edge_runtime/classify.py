@@ -207,6 +207,12 @@ def top_k(scores: np.ndarray, k: int, labels: dict[int, str] | None = None,
             for i in idx if scores[i] >= threshold]
 
 
+def _onnx_manifest(model_path: Path) -> dict[str, Any] | None:
+    from .onnx_backend import read_embedded_manifest as read_onnx_manifest
+
+    return read_onnx_manifest(model_path)
+
+
 class Classifier:
     """Classifies RGB images with a ``.tflite`` model.
 
@@ -223,6 +229,8 @@ class Classifier:
         use_manifest: read ``manifest.json`` beside the model when there is one.
         interpolation: overrides the manifest's resize interpolation ("linear", "area");
             a model with no manifest gets "area".
+        providers: ONNX Runtime providers for an ``.onnx`` model, best first.
+        engine_cache: TensorRT engine cache folder for an ``.onnx`` model.
 
     Raises:
         EdgekitError: the model cannot be loaded or is not an image classifier.
@@ -231,10 +239,14 @@ class Classifier:
     def __init__(self, model_path: str | Path, labels: str | Path | dict[int, str] | None = None,
                  threads: int | None = None, edgetpu: bool | str = False,
                  normalization: Normalization | None = None, use_manifest: bool = True,
-                 interpolation: str | None = None) -> None:
+                 interpolation: str | None = None, providers: list[str] | None = None,
+                 engine_cache: str | Path | None = None) -> None:
         self.model_path = Path(model_path)
         t0 = time.perf_counter()
-        self.interpreter = _backend.make_interpreter(self.model_path, threads, edgetpu)
+        self.interpreter = _backend.make_interpreter(self.model_path, threads, edgetpu,
+                                                     providers, engine_cache)
+        # ONNX models: the execution provider that actually runs (None for TFLite).
+        self.provider: str | None = getattr(self.interpreter, "provider", None)
         self.load_ms = (time.perf_counter() - t0) * 1000.0
         self.backend = _backend.backend()
         self.spec = input_spec(self.interpreter)
@@ -243,7 +255,9 @@ class Classifier:
         if use_manifest:
             self.manifest = manifest_beside(self.model_path)
             if self.manifest is None:
-                embedded = read_embedded_manifest(self.model_path)
+                embedded = (_onnx_manifest(self.model_path)
+                            if self.provider is not None
+                            else read_embedded_manifest(self.model_path))
                 if embedded is not None:
                     self.manifest = Manifest.from_dict(embedded, f"{self.model_path} metadata")
         if self.manifest is not None and (self.spec.height, self.spec.width) != \

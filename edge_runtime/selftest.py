@@ -225,7 +225,13 @@ def embed_cases(model: bytes, cases: dict[str, Any]) -> bytes:
 
 def read_cases(model: str | Path | bytes) -> dict[str, Any] | None:
     """The golden cases stored in a model, or None when it has none."""
-    raw = read_entry(model, SELFTEST_NAME)
+    if not isinstance(model, (bytes, bytearray)) and Path(model).suffix.lower() == ".onnx":
+        from .onnx_backend import SELFTEST_KEY, read_metadata
+
+        text = read_metadata(model, SELFTEST_KEY)
+        raw = None if text is None else text.encode("utf-8")
+    else:
+        raw = read_entry(model, SELFTEST_NAME)
     if raw is None:
         return None
     try:
