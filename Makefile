@@ -26,7 +26,7 @@ setup: $(STAMP) ## create .venv and install edgekit[train,device,dev] (no-op whe
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[train,device,dev]'
+	$(PIP) install -e '.[train,device,onnx,dev]'
 	@touch $(STAMP)
 
 $(SAMPLE)/video.avi: | $(STAMP)
