@@ -152,7 +152,8 @@ def _bmp(f: BinaryIO) -> ImageInfo:
 def _gif(f: BinaryIO) -> ImageInfo:
     f.seek(6)
     w, h, flags = struct.unpack("<HHB", _read(f, 5))
-    f.seek(13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 13))
+    table = 3 << ((flags & 7) + 1) if flags & 0x80 else 0  # global colour table
+    f.seek(13 + table)
     # The first frame may reach beyond the logical screen; the decoder allocates for it.
     while True:
         kind = _read(f, 1)
@@ -323,31 +324,37 @@ def probe_file(path: str | Path, limit: int | None = None) -> ImageInfo:
     return info
 
 
-def decode(data: bytes | np.ndarray, name: str = "image", limit: int | None = None
-           ) -> np.ndarray:
-    """Decodes encoded image bytes to RGB ``uint8`` (H, W, 3) after the header checks.
+def decode(data: bytes | np.ndarray, name: str = "image", limit: int | None = None,
+           bgr: bool = False) -> np.ndarray:
+    """Decodes encoded image bytes to ``uint8`` (H, W, 3) after the header checks.
 
-    Grayscale, 16-bit and alpha images are converted (to 3-channel 8-bit RGB).
+    Grayscale, 16-bit and alpha images are converted (to 3-channel 8-bit).
+
+    Args:
+        data: the encoded image (bytes or a uint8 array).
+        name: what to call it in errors.
+        limit: most pixels allowed (default :func:`max_pixels`).
+        bgr: keep OpenCV's BGR order (default: RGB).
 
     Raises:
         ImageError: as :func:`probe` and :func:`check_size`, or data OpenCV cannot decode.
     """
     buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
     check_size(probe(io.BytesIO(buf), name), name, limit)
-    return _decode(buf, name)
+    return _decode(buf, name, bgr)
 
 
-def _decode(buf: np.ndarray, name: str) -> np.ndarray:
+def _decode(buf: np.ndarray, name: str, bgr: bool = False) -> np.ndarray:
     import cv2
 
     try:
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as e:
         first = (str(e).strip().splitlines() or ["cv2.error"])[-1].strip()
         raise ImageError(f"cannot decode image ({first})", name, "corrupt") from None
-    if bgr is None:
+    if img is None:
         raise ImageError("not a decodable image (corrupt data)", name, "corrupt")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return img if bgr else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def read_image(path: str | Path, limit: int | None = None) -> np.ndarray:

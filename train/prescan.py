@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,15 +57,17 @@ def check_file(path: Path, root: Path, limit: int | None = None
     w, h = info.width, info.height
     if min(w, h) < MIN_SIDE:
         return f"tiny image {w}x{h} (< {MIN_SIDE} px)", None
+    # The size is checked above, against our limit: Pillow's own bomb check (a warning,
+    # an error at twice its limit) is off while it reads the header, then restored.
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            # The size is checked above, against our limit; Pillow's own bomb warning
-            # (and its error at twice its limit) would only repeat it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(real) as im:
-                fmt, mode = im.format, im.mode
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        with Image.open(real) as im:
+            fmt, mode = im.format, im.mode
+    except (UnidentifiedImageError, OSError, ValueError):
         return "not an image", None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
     if _truncated(real, fmt):
         return f"truncated {fmt} file", None
     note = {"CMYK": "CMYK converted to RGB", "L": "grayscale converted to RGB",
