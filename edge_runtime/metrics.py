@@ -84,7 +84,6 @@ class Metrics:
         self.info = dict(info or {})
         self.lock = threading.Lock()
         self.start_wall = time.time()
-        self.start = time.monotonic()
         self.frames = 0
         self.bad_frames = 0
         self.label_changes = 0
@@ -95,7 +94,7 @@ class Metrics:
         self.last_frame_age = 0.0
         self._recent: collections.deque[float] = collections.deque(maxlen=FPS_MAX_FRAMES)
         self.capture: Any = None  # the Capture, for captured/dropped/reconnects/stalls
-        self.stream_clients = 0
+        self.streaming: Any = None  # the MjpegEncoder, for the number of stream viewers
         self.http_requests = 0
 
     def observe(self, invoke_s: float, cost_s: float, age_s: float) -> None:
@@ -175,7 +174,7 @@ class Metrics:
             metric("edgekit_fps", "gauge", "Frames classified per second (last "
                    f"{FPS_WINDOW_S:g} s).", f"{fps:.2f}")
             metric("edgekit_stream_clients", "gauge", "Connected MJPEG clients.",
-                   self.stream_clients)
+                   getattr(self.streaming, "clients", 0))
             metric("edgekit_http_requests_total", "counter", "HTTP requests served.",
                    self.http_requests)
             metric("edgekit_process_resident_memory_bytes", "gauge", "Resident set size.",

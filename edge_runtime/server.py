@@ -1,216 +1,52 @@
-"""HTTP server: live page, MJPEG stream, /latest, /healthz and /metrics (standard library)."""
+"""HTTP server: live page, MJPEG stream, /latest, /healthz and /metrics (standard library).
+
+The standard library's threading server, bounded for a device on a shared network:
+every request must arrive whole within ``REQUEST_TIMEOUT_S`` (a slow-header client cannot
+hold a thread), every write gives up after a timeout, requests are limited in size (414,
+431), connections are capped (the one waiting longest for its request makes room for a
+newcomer), the listen backlog is sized for bursts, and stream slots go to viewers that read
+(see :mod:`edge_runtime.stream`). Measured with ``python -m benchmarks.http_load``; an
+asynchronous server was not needed to meet its goals.
+"""
 
 from __future__ import annotations
 
 import hmac
+import html
+import io
 import json
 import logging
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
-import cv2
 import numpy as np
 
 from .errors import EdgekitError
 from .metrics import Metrics
+from .stream import LiveState, MjpegEncoder, serve_viewer, stream_headers
 
 log = logging.getLogger(__name__)
-BOUNDARY = "edgekitframe"
+
+REQUEST_TIMEOUT_S = 5.0  # a request line and headers, or a keep-alive pause, at most
+WRITE_TIMEOUT_S = 5.0  # a response write stalled this long drops the client
+BACKLOG = 128  # connections the kernel queues before accept (the default 5 drops bursts)
+MAX_CONNECTIONS = 128  # connections (threads) at once
+MAX_URL = 4096  # bytes of the request target (414 above)
+MAX_REQUEST_BYTES = 16 << 10  # request line and headers together (431 above)
 
 
-class LiveState:
-    """The newest frame and result, handed from inference to the HTTP threads.
-
-    :meth:`publish` only swaps references under a lock (the frame array is never reused
-    by the capture thread), so serving clients never slows inference.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.seq = 0
-        self.image: np.ndarray | None = None
-        self.result: dict[str, Any] | None = None
-
-    def publish(self, image: np.ndarray | None, result: dict[str, Any]) -> None:
-        """Makes a frame and its result the latest."""
-        with self._lock:
-            self.seq += 1
-            self.image = image
-            self.result = result
-
-    def snapshot(self) -> tuple[int, np.ndarray | None, dict[str, Any] | None]:
-        """(sequence, frame, result) as last published."""
-        with self._lock:
-            return self.seq, self.image, self.result
-
-
-def annotate(image: np.ndarray, result: dict[str, Any] | None, width: int) -> np.ndarray:
-    """A copy of ``image`` shrunk to ``width`` (never enlarged) with the label, score, FPS
-    and latency drawn on it."""
-    h, w = image.shape[:2]
-    width = min(width, w)
-    if w != width:
-        size = (width, max(1, round(h * width / w)))
-        img = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    else:
-        img = image.copy()
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    r = result or {}
-    label = r.get("label")
-    text = f"{label if label is not None else '-'}  {r.get('score', 0.0):.2f}"
-    info = f"{r.get('fps', 0.0):.1f} fps  {r.get('inference_ms', 0.0):.1f} ms"
-    scale = max(0.4, img.shape[1] / 640.0 * 0.8)
-    bar = int(30 * scale) + 8
-    cv2.rectangle(img, (0, 0), (img.shape[1], bar), (0, 0, 0), thickness=-1)
-    cv2.putText(img, text, (6, bar - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, (80, 255, 80), 2,
-                cv2.LINE_AA)
-    (tw, _), _ = cv2.getTextSize(info, cv2.FONT_HERSHEY_SIMPLEX, scale * 0.7, 1)
-    cv2.putText(img, info, (img.shape[1] - tw - 6, bar - 8), cv2.FONT_HERSHEY_SIMPLEX,
-                scale * 0.7, (255, 255, 255), 1, cv2.LINE_AA)
-    return img
-
-
-class MjpegEncoder:
-    """Encodes the newest frame to JPEG at most ``fps`` times a second, only while watched.
-
-    One encoder thread serves every client; each client thread waits for the next JPEG
-    and writes it at its own pace, skipping frames it was too slow for.
-    """
-
-    def __init__(self, state: LiveState, fps: float, width: int, quality: int) -> None:
-        self.state = state
-        self.interval = 1.0 / fps
-        self.width = width
-        self.quality = quality
-        self.clients = 0
-        self._cond = threading.Condition()
-        self._jpeg: bytes | None = None
-        self._jpeg_seq = 0
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="edgekit-mjpeg", daemon=True)
-        self._thread.start()
-
-    def add_client(self) -> None:
-        """Counts a client in (starts encoding)."""
-        with self._cond:
-            self.clients += 1
-        self._wake.set()
-
-    def remove_client(self) -> None:
-        """Counts a client out."""
-        with self._cond:
-            self.clients -= 1
-
-    def next_jpeg(self, after: int, timeout: float) -> tuple[int, bytes] | None:
-        """The first JPEG newer than sequence ``after``, or None after ``timeout`` s."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._jpeg_seq > after or self._stop.is_set(),
-                                timeout)
-            if self._jpeg_seq > after and self._jpeg is not None:
-                return self._jpeg_seq, self._jpeg
-            return None
-
-    def stop(self) -> None:
-        """Ends the encoder thread and wakes every client."""
-        self._stop.set()
-        self._wake.set()
-        with self._cond:
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        last = -1
-        while not self._stop.is_set():
-            if self.clients <= 0:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            t0 = time.monotonic()
-            seq, image, result = self.state.snapshot()
-            if image is not None and seq != last:
-                last = seq
-                try:
-                    ok, buf = cv2.imencode(".jpg", annotate(image, result, self.width),
-                                           [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-                except cv2.error:
-                    ok = False
-                if ok:
-                    with self._cond:
-                        self._jpeg = buf.tobytes()
-                        self._jpeg_seq += 1
-                        self._cond.notify_all()
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>edgekit - %(name)s</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font-family:system-ui,sans-serif;margin:0;background:#111;color:#eee}
-main{max-width:1100px;margin:auto;padding:12px}
-#live{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
-#view{max-width:100%%;background:#000;min-height:120px;display:block}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px}
-dt{color:#999}dd{margin:0;font-variant-numeric:tabular-nums}
-#label{font-size:2em;font-weight:bold;color:#6f6}
-.stale{color:#f66!important}
-</style></head><body><main>
-<h1>edgekit <small>%(name)s</small></h1>
-<div id="live"><div id="stage"></div><section>
-<p><span id="label">-</span> <span id="score"></span></p>
-<dl>
-<dt>FPS</dt><dd id="fps">-</dd>
-<dt>Inference</dt><dd id="latency">-</dd>
-<dt>Frame age</dt><dd id="age">-</dd>
-<dt>Dropped</dt><dd id="dropped">-</dd>
-<dt>Frame</dt><dd id="frame">-</dd>
-<dt>Stream</dt><dd id="stream-status">connecting</dd>
-<dt>Backend</dt><dd id="backend">-</dd>
-</dl></section></div></main>
-<script>
-const q = new URLSearchParams(location.search);
-const token = q.get("token");
-const suffix = token ? "?token=" + encodeURIComponent(token) : "";
-const headers = token ? {"Authorization": "Bearer " + token} : {};
-const $ = (id) => document.getElementById(id);
-function fmt(x, unit, digits) { return (x === undefined || x === null) ? "-" :
-  Number(x).toFixed(digits) + unit; }
-async function poll() {
-  try {
-    const r = await fetch("latest" + suffix, {headers: headers, cache: "no-store"});
-    const d = await r.json();
-    if (r.ok) {
-      $("label").textContent = d.label === null ? "(none)" : d.label;
-      $("label").classList.toggle("stale", !!d.stale);
-      $("score").textContent = fmt(d.score, "", 3);
-      $("fps").textContent = fmt(d.fps, "", 1);
-      $("latency").textContent = fmt(d.inference_ms, " ms", 1);
-      $("age").textContent = fmt(d.frame_age_ms, " ms", 1);
-      $("dropped").textContent = d.dropped_total;
-      $("frame").textContent = d.frame;
-      $("backend").textContent = d.backend;
-    }
-  } catch (e) { $("label").classList.add("stale"); }
-  setTimeout(poll, 500);
-}
-window.addEventListener("load", () => {
-  const img = new Image();
-  img.id = "view"; img.alt = "live camera stream";
-  img.onload = () => { $("stream-status").textContent =
-    "live " + img.naturalWidth + "x" + img.naturalHeight; };
-  img.onerror = () => { $("stream-status").textContent = "unavailable"; };
-  img.src = "stream.mjpg" + suffix;
-  $("stage").appendChild(img);
-  poll();
-});
-</script></body></html>
-"""
+def _page(name: str) -> str:
+    text = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
+    return text.replace("{{name}}", html.escape(name))
 
 
 class Server:
@@ -233,18 +69,18 @@ class Server:
         self.metrics = metrics
         self.status = status
         self.health_max_age_s = health_max_age_s
-        self.name = name
+        self.page = _page(name or "camera")
         self.state = LiveState()
         self.encoder = MjpegEncoder(self.state, settings.stream_fps, settings.stream_width,
-                                    settings.jpeg_quality)
+                                    settings.jpeg_quality, settings.max_clients)
+        metrics.streaming = self.encoder
         handler = type("Handler", (_Handler,), {"app": self})
         try:
-            self.httpd = ThreadingHTTPServer((settings.host, settings.port), handler)
+            self.httpd = _HTTPServer((settings.host, settings.port), handler)
         except OSError as e:
             self.encoder.stop()
             raise EdgekitError(f"cannot serve HTTP on {settings.host}:{settings.port}: "
                                f"{e.strerror or e}") from None
-        self.httpd.daemon_threads = True
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={
             "poll_interval": 0.1}, name="edgekit-http", daemon=True)
@@ -253,7 +89,7 @@ class Server:
     def url(self) -> str:
         """The base URL actually bound (port 0 resolved)."""
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
     def start(self) -> Server:
         """Starts serving."""
@@ -296,20 +132,181 @@ class Server:
         return ok, doc
 
 
+class _TooLarge(Exception):
+    """The request line and headers exceeded ``MAX_REQUEST_BYTES``."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads against one deadline and one byte budget per request.
+
+    A socket timeout alone restarts with every byte, so a client sending a header byte a
+    second would hold its thread for ever; here every read gets only the time left.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = 0.0
+        self.budget = 0
+
+    def arm(self, seconds: float, budget: int) -> None:
+        """Starts the clock and the byte budget for the next request."""
+        self.deadline = time.monotonic() + seconds
+        self.budget = budget
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request not received in time")
+        if self.budget <= 0:
+            raise _TooLarge
+        self.sock.settimeout(left)
+        n = self.sock.recv_into(memoryview(buf)[:self.budget])
+        self.budget -= n
+        return n
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    since: float  # when it began waiting for its current request
+    waiting: bool = True  # waiting for (or reading) a request, not being answered
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """One thread per connection, at most ``MAX_CONNECTIONS`` of them."""
+
+    daemon_threads = True
+    request_queue_size = BACKLOG
+
+    def __init__(self, address: tuple[str, int], handler: type) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self._lock = threading.Lock()
+        self._conns: dict[socket.socket, _Conn] = {}
+        super().__init__(address, handler)
+
+    @property
+    def connections(self) -> int:
+        """Open connections."""
+        return len(self._conns)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            if len(self._conns) >= MAX_CONNECTIONS and not self._evict_idle():
+                refuse = True
+            else:
+                refuse = False
+                self._conns[request] = _Conn(request, time.monotonic())
+        if refuse:  # never block the accept loop on a client
+            request.setblocking(False)
+            try:
+                request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                             b"Connection: close\r\nRetry-After: 1\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def _evict_idle(self) -> bool:
+        """Drops the connection waiting longest for its request (caller holds the lock)."""
+        idle = [c for c in self._conns.values() if c.waiting]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.since)
+        del self._conns[victim.sock]
+        try:
+            victim.sock.shutdown(socket.SHUT_RDWR)  # its thread sees EOF and ends
+        except OSError:
+            pass
+        return True
+
+    def waiting(self, sock: socket.socket, waiting: bool) -> None:
+        """Marks a connection as waiting for a request (evictable) or being answered."""
+        with self._lock:
+            conn = self._conns.get(sock)
+            if conn is not None:
+                conn.waiting = waiting
+                if waiting:
+                    conn.since = time.monotonic()
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._conns.pop(request, None)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The standard library prints a traceback to stderr; a client going away is routine.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("http %s: %s", client_address, exc)
+        else:
+            log.warning("http %s: %s: %s", client_address, type(exc).__name__, exc)
+
+
 class _Handler(BaseHTTPRequestHandler):
     app: Server
+    server: _HTTPServer
     server_version = "edgekit"
-    timeout = 10  # seconds a client may stall a write (or a request) before it is dropped
+    sys_version = ""
+    protocol_version = "HTTP/1.1"  # keep-alive: the page polls /latest twice a second
+    timeout = WRITE_TIMEOUT_S
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         log.debug("http %s - %s", self.address_string(), format % args)
 
-    def _authorized(self, query: dict[str, list[str]]) -> bool:
+    def handle_one_request(self) -> None:
+        self.server.waiting(self.connection, True)
+        self._reader.arm(REQUEST_TIMEOUT_S, MAX_REQUEST_BYTES)
+        self.raw_requestline = b""
+        self.command, self.request_version, self.requestline = None, "HTTP/1.0", ""
+        try:
+            super().handle_one_request()
+        except _TooLarge:
+            self.close_connection = True
+            if not self.raw_requestline:
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG,
+                                f"request line longer than {MAX_REQUEST_BYTES} bytes")
+            else:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                f"request headers larger than {MAX_REQUEST_BYTES} bytes")
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if len(self.path) > MAX_URL:
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG,
+                            f"URL longer than {MAX_URL} bytes")
+            return False
+        self.server.waiting(self.connection, False)
+        self.connection.settimeout(WRITE_TIMEOUT_S)
+        return True
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        self.connection.settimeout(WRITE_TIMEOUT_S)
+        self.close_connection = True
+        super().send_error(code, message, explain)
+
+    def _authorized(self, query: str) -> bool:
         token = self.app.settings.token
         if not token:
             return True
         header = self.headers.get("Authorization", "")
-        given = header[7:] if header.startswith("Bearer ") else (query.get("token") or [""])[0]
+        if header[:7].lower() == "bearer ":
+            given = header[7:].strip()
+        else:
+            given = (parse_qs(query).get("token") or [""])[0]
         return hmac.compare_digest(given.encode(), token.encode())
 
     def _send(self, code: int, body: bytes | str, ctype: str = "application/json") -> None:
@@ -320,6 +317,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         if code == HTTPStatus.UNAUTHORIZED:
             self.send_header("WWW-Authenticate", 'Bearer realm="edgekit"')
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
@@ -334,8 +333,9 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.app
         with app.metrics.lock:
             app.metrics.http_requests += 1
-        parts = urlsplit(self.path)
-        path, query = parts.path, parse_qs(parts.query)
+        # Fixed routes only, matched exactly: nothing is read from disk, so '..' or
+        # percent-encoded paths can only ever be a 404.
+        path, _, query = self.path.partition("?")
         try:
             if path == "/healthz":
                 ok, doc = app.health()
@@ -345,8 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
                 return
             if path in ("/", "/index.html"):
-                self._send(HTTPStatus.OK, PAGE % {"name": app.name or "camera"},
-                           "text/html; charset=utf-8")
+                self._send(HTTPStatus.OK, app.page, "text/html; charset=utf-8")
             elif path == "/latest":
                 doc = app.latest()
                 if doc is None:
@@ -359,42 +358,25 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/stream.mjpg":
                 self._stream()
             else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path}"})
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path[:100]}"})
+        except OSError:  # the client went, stalled past the write timeout, or was evicted
             self.close_connection = True
 
     def _stream(self) -> None:
-        app = self.app
-        enc = app.encoder
-        with app.metrics.lock:
-            full = app.metrics.stream_clients >= app.settings.max_clients
-            if not full:
-                app.metrics.stream_clients += 1
-        if full:
+        enc = self.app.encoder
+        viewer = None if self.command == "HEAD" else enc.open(self.connection)
+        if viewer is None and self.command != "HEAD":
+            self.close_connection = True
             self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many stream clients"})
             return
-        enc.add_client()
+        self.close_connection = True
         try:
             self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("Connection", "close")
+            for k, v in stream_headers().items():
+                self.send_header(k, v)
             self.end_headers()
-            if self.command == "HEAD":
-                return
-            seq = 0
-            while not app.stopping.is_set():
-                got = enc.next_jpeg(seq, timeout=1.0)
-                if got is None:
-                    continue
-                seq, jpeg = got
-                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                                 f"Content-Length: {len(jpeg)}\r\n\r\n".encode())
-                self.wfile.write(jpeg)
-                self.wfile.write(b"\r\n")
-                self.wfile.flush()
+            if viewer is not None:
+                serve_viewer(viewer, self.wfile, enc, self.app.stopping.is_set)
         finally:
-            enc.remove_client()
-            with app.metrics.lock:
-                app.metrics.stream_clients -= 1
-            self.close_connection = True
+            if viewer is not None:
+                enc.slots.release(viewer)
