@@ -70,7 +70,7 @@ bench-train: setup $(SAMPLE)/video.avi ## training input pipeline, folder vs mem
 .PHONY: bench-pipeline
 bench-pipeline: setup ## daemon pipeline vs bare invoke(): [MODEL=m.tflite] [SOURCE=file|camera|camera-mjpg|camera-bgr] [ARGS=...]
 	@test -f "$(or $(MODEL),runs/demo/export/model_int8.tflite)" || { echo "error: no model $(or $(MODEL),runs/demo/export/model_int8.tflite); run 'make demo' or pass MODEL=m.tflite" >&2; exit 2; }
-	$(PY) -m edge_runtime.bench_pipeline --model $(or $(MODEL),runs/demo/export/model_int8.tflite) --source $(or $(SOURCE),file) --repeats $(or $(REPEATS),3) --json $(or $(OUT),runs/bench-pipeline.json) $(ARGS)
+	$(PY) -m benchmarks.pipeline --model $(or $(MODEL),runs/demo/export/model_int8.tflite) --source $(or $(SOURCE),file) --repeats $(or $(REPEATS),3) --json $(or $(OUT),runs/bench-pipeline.json) $(ARGS)
 
 # (alpha, img-size) points for the latency-vs-accuracy sweep; each gets runs/sweep-A-S.
 SWEEP ?= 0.35-96 0.5-128 0.75-160 1.0-224

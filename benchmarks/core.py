@@ -132,7 +132,7 @@ def benchmark(run_dir: str | Path, variants: list[str] | None = None,
                                      runs, warmup, min_seconds, isolate, show_progress)
             if source:
                 _say(f"{name}: end to end over {source} ({threads[-1]} thread(s)) ...")
-                from .endtoend import measure_end_to_end
+                from .pipeline import measure_end_to_end
 
                 vrows[-1]["end_to_end"] = measure_end_to_end(
                     path, source, threads[-1], video_frames or None, video_fps, tpu)

@@ -154,7 +154,7 @@ def test_capture_stop_is_fast_even_with_a_wedged_read():
 
 
 def test_bench_simulated_camera_paces_skips_and_decodes(tmp_path):
-    from edge_runtime.bench_pipeline import SimCamera, make_video
+    from benchmarks.pipeline import SimCamera, make_video
 
     video = make_video(tmp_path / "v.avi", frames=5, size=(64, 48))
     for fmt in ("yuyv", "mjpg", "bgr"):
@@ -308,3 +308,66 @@ def test_picamera2_source_is_imported_only_when_asked(monkeypatch):
     cap = open_capture(parse_source("picamera2"), 320, 240, 30)
     ok, frame = cap.read()
     assert ok and frame.shape == (240, 320, 3)
+
+
+# -- damaged files -----------------------------------------------------------------------
+
+def damaged_video(tmp_path, frames: int = 60):
+    """An MJPG AVI whose second half (bytes) is overwritten with noise."""
+    from benchmarks.pipeline import make_video
+
+    path = make_video(tmp_path / "damaged.avi", frames=frames, size=(64, 48))
+    data = bytearray(path.read_bytes())
+    half = len(data) // 2
+    data[half:] = np.random.default_rng(0).integers(0, 256, len(data) - half, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_damaged_file_counts_and_reports_unreadable_frames(tmp_path, caplog):
+    path = damaged_video(tmp_path)
+    cap = Capture(parse_source(str(path)), CameraSettings(), FAST).start()
+    got = 0
+    deadline = time.monotonic() + 20
+    with caplog.at_level("WARNING", logger="edge_runtime.capture"):
+        while not cap.finished and time.monotonic() < deadline:
+            got += cap.get(0.05) is not None
+        cap.stop()
+    assert cap.finished and cap.error is None
+    assert 10 < got < 60 and cap.unreadable == 60 - got  # every frame read or counted
+    assert cap.bad_frames == cap.unreadable
+    assert f"{60 - got} of 60 frames could not be read" in caplog.text
+    assert f"{60 - got} of 60 frames" in cap.last_error
+    from edge_runtime.metrics import Metrics
+
+    m = Metrics()
+    m.capture = cap
+    assert f"edgekit_bad_frames_total {60 - got}\n" in m.render()  # on /metrics
+
+
+def test_intact_file_has_no_unreadable_frames(tmp_path):
+    from benchmarks.pipeline import make_video
+
+    path = make_video(tmp_path / "ok.avi", frames=20, size=(64, 48))
+    cap = Capture(parse_source(str(path)), CameraSettings(loop=False), FAST).start()
+    got = 0
+    deadline = time.monotonic() + 20
+    while not cap.finished and time.monotonic() < deadline:
+        got += cap.get(0.05) is not None
+    cap.stop()
+    assert got == 20 and cap.unreadable == 0 and cap.last_error is None
+
+
+def test_daemon_final_line_says_frames_were_unreadable(tmp_path, coral):
+    from tests.conftest import run_cli
+
+    path = damaged_video(tmp_path)
+    r = run_cli("edge_runtime", "run", "--model",
+                str(coral / "mobilenet_v2_1.0_224_quant.tflite"), "--source", str(path),
+                "--output", str(tmp_path / "r.jsonl"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    done = [ln for ln in r.stderr.splitlines() if ln.startswith("done:")]
+    classified = int(done[0].split()[1])
+    assert done[0].endswith(f"; {60 - classified} frames could not be read (damaged or "
+                            "truncated file)"), done
+    assert f"{60 - classified} of 60 frames could not be read" in r.stderr  # the warning

@@ -1,7 +1,15 @@
-"""Measures the daemon's pipeline against bare invoke(): cost, throughput, age, start, RSS.
+"""The daemon's own pipeline (``Capture`` + ``FrameClassifier`` in ``Daemon``), measured.
+
+Two entry points share it:
+
+* :func:`measure_end_to_end` — what ``python -m benchmarks RUN --video V`` reports per
+  model: the daemon's loop over a video (paced at its frame rate, newest frame only, as a
+  live camera feeds it) or a live source; latency, frame age, fps and drops.
+* ``python -m benchmarks.pipeline`` (``make bench-pipeline``) — the daemon against bare
+  ``invoke()``: cost, throughput, age, start-up and RSS.
 
 Usage:
-    python -m edge_runtime.bench_pipeline --model M.tflite [--video V.avi] [--frames 1000]
+    python -m benchmarks.pipeline --model M.tflite [--video V.avi] [--frames 1000]
         [--threads N] [--source-fps F] [--source file|camera|camera-mjpg|camera-bgr]
         [--repeats N] [--codec mjpg|i420] [--interpolation linear|area] [--json OUT]
 
@@ -35,16 +43,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from .capture import Capture
-from .classify import Classifier
-from .config import load_config
-from .errors import EdgekitError
-from .loop import Daemon, StopFlag
-from .metrics import Metrics, rss_bytes
+from edge_runtime.camera import Source, parse_source
+from edge_runtime.capture import Capture
+from edge_runtime.classify import Classifier
+from edge_runtime.config import load_config
+from edge_runtime.errors import EdgekitError
+from edge_runtime.loop import Daemon, StopFlag
+from edge_runtime.metrics import Metrics, rss_bytes
+from edge_runtime.outputs import JsonlWriter
+from edge_runtime.redact import redact
+
+from .measure import percentiles
 
 
 class _Recorder(Metrics):
@@ -52,7 +66,7 @@ class _Recorder(Metrics):
 
     def __init__(self, frames: int, rss_every: int) -> None:
         super().__init__()
-        self.table = np.zeros((frames, 3), np.float64)
+        self.table = np.zeros((frames, 4), np.float64)
         self.n = 0
         self.rss: list[tuple[int, int]] = []
         self.rss_every = rss_every
@@ -60,12 +74,17 @@ class _Recorder(Metrics):
     @property
     def rows(self) -> np.ndarray:
         """(invoke, cost, age) seconds per classified frame."""
-        return self.table[:self.n]
+        return self.table[:self.n, :3]
+
+    @property
+    def done_t(self) -> np.ndarray:
+        """``time.monotonic()`` when each classified frame's result was ready."""
+        return self.table[:self.n, 3]
 
     def observe(self, invoke_s: float, cost_s: float, age_s: float) -> None:
         super().observe(invoke_s, cost_s, age_s)
         if self.n < len(self.table):
-            self.table[self.n] = (invoke_s, cost_s, age_s)
+            self.table[self.n] = (invoke_s, cost_s, age_s, time.monotonic())
             self.n += 1
         if self.n % self.rss_every == 0:
             self.rss.append((self.n, rss_bytes()))
@@ -158,6 +177,82 @@ class SimCamera:
 SIM_FORMATS = {"camera": "yuyv", "camera-mjpg": "mjpg", "camera-bgr": "bgr"}
 
 
+def source_fps(source: str) -> float | None:
+    """The frame rate a video file declares, or None."""
+    from edge_runtime.camera import open_capture
+
+    cap = open_capture(parse_source(source))
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        cap.release()
+    return fps if 0.0 < fps < 1000.0 else None
+
+
+def measure_end_to_end(model: str | Path, source: str, threads: int | None = None,
+                       max_frames: int | None = 60, fps: float | None = None,
+                       edgetpu: bool | str = False) -> dict[str, Any]:
+    """Runs the daemon's loop (its ``Capture`` and ``Daemon``, JSON lines off) on ``source``
+    and measures what a live deployment sees.
+
+    A file paced at a frame rate is read the way ``camera.realtime`` replays it: frames
+    arrive on time and inference takes only the newest, so when it is slower than the
+    camera, frames are dropped unseen. Unpaced (``fps=0``), the file is read as
+    ``run --source FILE`` reads it: every frame classified, in order, none dropped.
+
+    Per classified frame: ``latency_ms`` (frame read -> result handed to the outputs),
+    ``frame_age_ms`` (frame read -> taken by inference: the latency less the frame's own
+    cost) and ``inference_ms`` (``invoke()``); ``fps`` is classified frames per second
+    between the first and the last result.
+
+    Args:
+        model: the ``.tflite`` file.
+        source: anything ``edge_runtime run --source`` takes (file, camera index, URL).
+        threads: interpreter threads.
+        max_frames: stop after this many classified frames (None or 0: the whole source).
+        fps: pace a file at this rate; None: the file's own rate (30 when it has none);
+            0: unpaced, every frame classified.
+        edgetpu: run on the Edge TPU delegate.
+
+    Returns:
+        source, paced_fps, threads, frames_captured, frames_processed, frames_dropped,
+        seconds, fps, latency_ms {...}, frame_age_ms {...}, inference_ms {...}.
+
+    Raises:
+        EdgekitError: the source cannot be opened or yields no frame.
+    """
+    src = parse_source(source)
+    pace = None
+    if not src.live:
+        pace = (source_fps(source) or 30.0) if fps is None else (fps or None)
+    sets = ["output.jsonl=off", f"camera.source={source}"] + (
+        ["camera.realtime=true", f"camera.fps={pace}"] if pace else [])
+    cfg = load_config(None, sets, environ={})
+    clf = Classifier(model, threads=threads, edgetpu=edgetpu)
+    # One untimed inference so the first frame does not pay for lazy initialisation.
+    clf.scores(np.zeros((*clf.input_size, 3), np.uint8))
+    limit = max_frames or None
+    rec = _Recorder(limit or 100_000, max(1, (limit or 100_000) // 10))
+    cap = Capture(src, cfg.camera, cfg.watchdog).start()
+    try:
+        Daemon(clf, cap, cfg, None, StopFlag(), max_frames=limit, metrics=rec).run()
+    finally:
+        cap.stop()
+    if not rec.n:
+        raise EdgekitError(f"no frame could be read from {src.display}")
+    invoke, cost, age = (rec.rows[:, k] for k in range(3))
+    done = rec.done_t
+    # n results span n - 1 intervals between the first and the last result.
+    seconds = float(done[-1] - done[0])
+    return {"source": redact(str(source)), "paced_fps": pace, "threads": threads,
+            "frames_captured": cap.captured, "frames_processed": rec.n,
+            "frames_dropped": cap.dropped, "seconds": round(seconds, 3),
+            "fps": (rec.n - 1) / seconds if seconds > 0 else 0.0,
+            "latency_ms": percentiles((age * 1e3).tolist()),
+            "frame_age_ms": percentiles((np.maximum(age - cost, 0.0) * 1e3).tolist()),
+            "inference_ms": percentiles((invoke * 1e3).tolist())}
+
+
 def bare_invoke(model: Path, threads: int | None, runs: int = 300) -> list[float]:
     """``invoke()`` latencies (seconds) with the input written once, warm-up excluded."""
     clf = Classifier(model, threads=threads)
@@ -219,9 +314,6 @@ def _pipeline_run(model: Path, video: Path, frames: int, threads: int | None, fp
                   source: str, interpolation: str | None = None
                   ) -> tuple[_Recorder, dict, int]:
     """One daemon run over the source: (per-frame records, summary, frames dropped)."""
-    from .camera import Source, parse_source
-    from .outputs import JsonlWriter
-
     cfg = load_config(None, ["output.jsonl=off", f"camera.source={video}",
                              "camera.realtime=true", "camera.loop=true", f"camera.fps={fps}"]
                       + ([f"model.threads={threads}"] if threads else []), environ={})
@@ -316,7 +408,7 @@ def run_bench(model: Path, video: Path, frames: int, threads: int | None,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    p = argparse.ArgumentParser(prog="python -m edge_runtime.bench_pipeline",
+    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--video", type=Path, default=None, help="640x480 video (default: made)")
@@ -346,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
-        from .fileio import write_json
+        from edge_runtime.fileio import write_json
 
         write_json(args.json, report)  # temp file + rename
     return 0
