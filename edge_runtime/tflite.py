@@ -1,0 +1,290 @@
+"""The TFLite FlatBuffer for the whole project: the TFL3 check, the schema module, the op and
+tensor-type names, structural validation and a load check that a native crash cannot take
+down (the interpreter runs in a child process).
+
+A model that fails here is one clear :class:`EdgekitError` line: a corrupt or hostile file
+must never reach the interpreter in this process, nor pass a check it did not load for.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EdgekitError
+
+IDENTIFIER = b"TFL3"
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+# FlatBuffers address at most 2 GiB; a tensor larger than that cannot be a real model's.
+MAX_TENSOR_BYTES = 2 ** 31 - 1
+LOAD_TIMEOUT_S = 120.0
+# LiteRT first (the device runtime), then old Pi images, then TensorFlow: a desktop with
+# only the train extra converts with the schema TensorFlow ships.
+_SCHEMA_MODULES = ("ai_edge_litert.schema_py_generated", "tflite_runtime.schema_py_generated",
+                   "tensorflow.lite.python.schema_py_generated")
+_ITEM_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "BOOL": 1,
+               "INT16": 2, "COMPLEX64": 8, "INT8": 1, "FLOAT64": 8, "COMPLEX128": 16,
+               "UINT64": 8, "UINT32": 4, "UINT16": 2, "INT4": 1, "BFLOAT16": 2, "INT2": 1,
+               "UINT4": 1, "FLOAT8_E4M3FN": 1, "FLOAT8_E5M2": 1}
+
+
+def check_identifier(data: bytes, path: str | Path) -> None:
+    """Raises EdgekitError unless ``data`` carries TFLite's file identifier.
+
+    A TFLite FlatBuffer carries "TFL3" at bytes 4..8.
+    """
+    if len(data) < 8 or data[4:8] != IDENTIFIER:
+        raise EdgekitError(f"not a TFLite model (no TFL3 identifier): {path}")
+
+
+def find_schema() -> Any | None:
+    """The generated TFLite schema module, or None when no package here ships one."""
+    return _find_schema()
+
+
+@functools.cache
+def _find_schema() -> Any | None:
+    for name in _SCHEMA_MODULES:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def schema() -> Any:
+    """The generated TFLite schema module (``ModelT``, ``BuiltinOperator``, ...).
+
+    Raises:
+        EdgekitError: no installed package ships it (with the install command).
+    """
+    found = _find_schema()
+    if found is None:
+        raise EdgekitError("no TFLite schema module found: pip install ai-edge-litert")
+    return found
+
+
+@functools.cache
+def _enum(name: str) -> dict[int, str]:
+    return {v: k for k, v in vars(getattr(schema(), name)).items() if k.isupper()}
+
+
+def builtin_op_names() -> dict[int, str]:
+    """Builtin operator code -> name ("CONV_2D"), from the schema."""
+    return _enum("BuiltinOperator")
+
+
+def tensor_type_names() -> dict[int, str]:
+    """Tensor type code -> name ("UINT8"), from the schema."""
+    return _enum("TensorType")
+
+
+def op_name(code: Any) -> str:
+    """The name of an ``OperatorCodeT``: its custom code, else its builtin name.
+
+    Files written before builtin codes passed 127 keep the code in
+    ``deprecatedBuiltinCode``; newer ones in ``builtinCode``: the larger is the real one.
+    """
+    custom = code.customCode
+    if custom:
+        return custom.decode("utf-8", "replace") if isinstance(custom, bytes) else str(custom)
+    number = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+    return builtin_op_names().get(number, f"OP_{number}")
+
+
+def read_model(model: str | Path | bytes, path: str | Path | None = None) -> Any:
+    """Parses and validates a model: every index and offset in range, every shape sane.
+
+    Args:
+        model: a ``.tflite`` path or its bytes.
+        path: how to name the model in errors (default: ``model`` when it is a path).
+
+    Returns:
+        The schema's ``ModelT`` (object API).
+
+    Raises:
+        EdgekitError: missing, not TFLite, unreadable, or structurally invalid (the message
+            names the subgraph, tensor or op).
+    """
+    if isinstance(model, (bytes, bytearray)):
+        data, name = bytes(model), path or "model"
+    else:
+        name = path or model
+        if not Path(model).is_file():
+            raise EdgekitError(f"model not found: {model}")
+        try:
+            data = Path(model).read_bytes()
+        except OSError as e:
+            raise EdgekitError(f"cannot read {model}: {e.strerror or e}") from None
+    check_identifier(data, name)
+    s = schema()
+    try:  # a corrupt FlatBuffer fails in many ways, all of them "cannot read"
+        parsed = s.ModelT.InitFromPackedBuf(data, 0)
+    except Exception as e:  # noqa: BLE001
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise EdgekitError(f"cannot read TFLite model {name}: damaged or truncated FlatBuffer "
+                           f"({detail})") from None
+    problem = validate(parsed, len(data))
+    if problem:
+        raise EdgekitError(f"invalid TFLite model: {problem} [{name}]")
+    return parsed
+
+
+def _ints(array: Any) -> list[int]:
+    return [] if array is None else [int(i) for i in array]
+
+
+def validate(model: Any, size: int) -> str | None:
+    """What is structurally wrong with a parsed ``ModelT`` (None when nothing is).
+
+    Checks what the interpreter would otherwise trip over, so the check does not depend on
+    which runtime is installed: subgraphs present; subgraph, op and metadata indices in
+    range; known tensor types and operators; no negative dimension; no tensor over 2 GiB;
+    external buffer offsets inside the file of ``size`` bytes.
+    """
+    buffers, codes = model.buffers or [], model.operatorCodes or []
+    if not model.subgraphs:
+        return "no subgraph"
+    types, names = tensor_type_names(), builtin_op_names()
+    for ci, code in enumerate(codes):
+        number = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+        if number not in names and not code.customCode:
+            return f"operator code {ci} has unknown builtin operator {number}"
+    for bi, buf in enumerate(buffers):
+        if buf.offset > 1 and buf.offset + buf.size > size:
+            return (f"buffer {bi} lies at bytes {buf.offset}..{buf.offset + buf.size}, past "
+                    f"the end of the file ({size} bytes)")
+    for gi, g in enumerate(model.subgraphs):
+        tensors = g.tensors or []
+        n = len(tensors)
+
+        def bad(kind: str, indices: list[int], low: int = 0, _n: int = n, _gi: int = gi
+                ) -> str | None:
+            for i, t in enumerate(indices):
+                if not low <= t < _n:
+                    return (f"subgraph {_gi} {kind} {i} is tensor {t}, expected 0..{_n - 1}"
+                            f"{' or -1 (none)' if low < 0 else ''}")
+            return None
+
+        if problem := bad("input", _ints(g.inputs)) or bad("output", _ints(g.outputs)):
+            return problem
+        for ti, t in enumerate(tensors):
+            where = f"subgraph {gi} tensor {ti}"
+            if t.type not in types:
+                return f"{where} has unknown type {t.type}"
+            if not 0 <= t.buffer < len(buffers):
+                return f"{where} uses buffer {t.buffer}, expected 0..{len(buffers) - 1}"
+            shape = _ints(t.shape)
+            if any(d < 0 for d in shape):
+                return f"{where} has a negative dimension {shape}"
+            if any(d < -1 for d in _ints(t.shapeSignature)):
+                return f"{where} has an invalid shape signature {_ints(t.shapeSignature)}"
+            item = _ITEM_BYTES.get(types[t.type])
+            if item and shape and float(np.prod(shape, dtype=np.float64)) * item > \
+                    MAX_TENSOR_BYTES:
+                return f"{where} shape {shape} needs more than 2 GiB"
+        for oi, op in enumerate(g.operators or []):
+            where = f"subgraph {gi} op {oi}"
+            if not 0 <= op.opcodeIndex < len(codes):
+                return f"{where} has operator code {op.opcodeIndex}, expected 0..{len(codes) - 1}"
+            if problem := bad(f"op {oi} input", _ints(op.inputs), low=-1) or bad(
+                    f"op {oi} output", _ints(op.outputs)):
+                return problem
+    for mi, md in enumerate(model.metadata or []):
+        if not 0 <= md.buffer < len(buffers):
+            return f"metadata {mi} uses buffer {md.buffer}, expected 0..{len(buffers) - 1}"
+    for si, sig in enumerate(model.signatureDefs or []):
+        if not 0 <= sig.subgraphIndex < len(model.subgraphs):
+            return f"signature {si} names subgraph {sig.subgraphIndex}, expected " \
+                   f"0..{len(model.subgraphs) - 1}"
+    return None
+
+
+# Runs in a child process: the interpreter is native code, and a hostile model must not be
+# able to crash (or exhaust the memory of) the process that asked.
+_CHILD = r"""
+import json, sys
+try:
+    import resource
+    limit = int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+except (ImportError, ValueError, OSError):
+    pass
+def say(**kw):
+    sys.stdout.write("\n" + json.dumps(kw) + "\n")
+try:
+    from edge_runtime.backend import backend
+    b = backend()
+    it = b.interpreter_cls(model_path=sys.argv[1])
+    if sys.argv[2] == "allocate":
+        it.allocate_tensors()
+    say(ok=True, backend=b.name)
+except MemoryError:
+    say(ok=False, error="out of memory")
+except BaseException as e:
+    text = str(e).strip()
+    say(ok=False, error=text.splitlines()[0][:300] if text else type(e).__name__)
+"""
+
+
+def load_check(path: str | Path, allocate: bool = True,
+               timeout: float = LOAD_TIMEOUT_S) -> str:
+    """Loads the model with the TFLite interpreter in a child process.
+
+    Args:
+        path: the ``.tflite`` file.
+        allocate: also allocate its tensors (not possible for an Edge TPU-compiled model
+            without the Edge TPU: its custom op has no CPU kernel).
+        timeout: seconds before the child is stopped.
+
+    Returns:
+        The interpreter package that loaded it ("ai-edge-litert", ...).
+
+    Raises:
+        EdgekitError: the interpreter refused the model, crashed on it or timed out.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    # Room for Python, the runtime and a few copies of the model; beyond that a model asks
+    # for memory no edge device has.
+    limit = max(4 << 30, 6 * size + (2 << 30))
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(path), "allocate" if allocate else "build",
+             str(limit)], capture_output=True, text=True, timeout=timeout, env=env,
+            stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise EdgekitError(f"the TFLite interpreter did not load {path} within {timeout:g} s"
+                           ) from None
+    if proc.returncode < 0:
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = f"signal {-proc.returncode}"
+        raise EdgekitError(f"the TFLite interpreter crashed loading {path} ({sig})")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        raise EdgekitError(f"the TFLite interpreter failed on {path}: {last[:300]}") from None
+    if not result.get("ok"):
+        raise EdgekitError(f"the TFLite interpreter cannot load {path}: {result.get('error')}")
+    return str(result.get("backend"))
+
+
+__all__ = ["EDGETPU_CUSTOM_OP", "IDENTIFIER", "MAX_TENSOR_BYTES", "builtin_op_names",
+           "check_identifier", "find_schema", "load_check", "op_name", "read_model", "schema",
+           "tensor_type_names", "validate"]
