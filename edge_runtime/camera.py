@@ -143,9 +143,13 @@ def open_capture(source: Source, width: int | None = None, height: int | None = 
     if source.kind == "picamera2":
         return Picamera2Capture(int(source.target), width, height, fps)
     # FFmpeg and OpenCV print their own diagnostics for a bad file; our one line says it.
+    # They write straight to stderr, where nothing can redact them: for a URL or a
+    # pipeline (which may carry a password) OpenCV's own errors are silenced too.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        lg = cv2.utils.logging
+        lg.setLogLevel(lg.LOG_LEVEL_SILENT if source.kind in ("url", "gstreamer")
+                       else lg.LOG_LEVEL_ERROR)
     if source.kind == "url":
         if str(source.target).lower().startswith(("rtsp://", "rtsps://")):
             os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
