@@ -248,14 +248,14 @@ class GrabCamera:
 def test_live_capture_converts_only_frames_inference_may_take():
     cam = GrabCamera(fps=400)
     cap = Capture(live(), CameraSettings(), FAST, opener=lambda s, c: cam).start()
-    taken, dropped, ages = 0, 0, []
+    taken, dropped, behind = 0, 0, []
     t_end = time.monotonic() + 1.5
     while time.monotonic() < t_end:
         f = cap.get(0.5)
         assert f is not None
         taken += 1
         dropped += f.dropped
-        ages.append(time.monotonic() - f.t)
+        behind.append(cap.captured - 1 - f.seq)  # newer frames captured when it was taken
         time.sleep(0.02)  # inference: 50 fps against a 400 fps camera
     cap.stop()
     # Roughly one conversion per frame taken, not one per frame captured...
@@ -263,8 +263,9 @@ def test_live_capture_converts_only_frames_inference_may_take():
     # ...every frame captured is either taken or counted as dropped...
     assert cap.captured - (taken + cap.dropped) in (0, 1)  # one may wait in the slot
     assert dropped <= cap.dropped  # the rest came after the last frame taken
-    # ...and the frame handed over is still fresh (a few camera periods old).
-    assert sorted(ages)[len(ages) // 2] < 0.01
+    # ...and the frame handed over is still fresh: a few camera frames behind the newest
+    # (counted in frames, not milliseconds, so that a loaded machine does not fail it).
+    assert sorted(behind)[len(behind) // 2] <= 4, behind
 
 
 def test_empty_file_is_an_error():

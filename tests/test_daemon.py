@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import cv2
@@ -118,6 +119,9 @@ def test_http_endpoints_token_slow_clients_and_sigterm(exported, sample):
             head = r.read(200)
         assert b"Content-Type: image/jpeg" in head and b"\xff\xd8" in head
         # Two clients that never read: inference keeps its pace, other requests answer.
+        n0 = json.loads(d.get("latest", token="s3cret")[1])["frames_total"]
+        time.sleep(1.0)
+        quiet = json.loads(d.get("latest", token="s3cret")[1])["frames_total"] - n0
         slow = []
         for _ in range(2):
             s = socket.socket()
@@ -130,7 +134,9 @@ def test_http_endpoints_token_slow_clients_and_sigterm(exported, sample):
         n0 = json.loads(d.get("latest", token="s3cret")[1])["frames_total"]
         time.sleep(1.0)
         n1 = json.loads(d.get("latest", token="s3cret")[1])["frames_total"]
-        assert n1 - n0 >= 20, f"inference slowed to {n1 - n0} fps by slow clients"
+        # Blocked by the clients, inference would stop; relative to the quiet rate, so
+        # that a loaded machine does not fail the test.
+        assert n1 - n0 >= max(3, 0.5 * quiet), f"{n1 - n0} fps with slow clients, {quiet} quiet"
         rc, took = d.stop(signal.SIGTERM)
         for s in slow:
             s.close()
@@ -213,8 +219,12 @@ def test_live_source_hands_over_only_the_newest_frame(exported, sample, tmp_path
     for a, b in zip(rows, rows[1:]):
         assert b["frame"] - a["frame"] - 1 == b["dropped"]
     assert sum(r["dropped"] for r in rows) > 25
+    # The newest frame, not a backlog: a frame is younger than the time between two
+    # results (a queue would age frames by one such interval per frame, without bound).
     ages = sorted(r["frame_age_ms"] for r in rows)
-    assert ages[len(ages) // 2] < 40  # the newest frame, not a backlog
+    t = [datetime.fromisoformat(r["time"]).timestamp() * 1000.0 for r in rows]
+    gaps = sorted(b - a for a, b in zip(t, t[1:]))
+    assert ages[len(ages) // 2] < 2 * gaps[len(gaps) // 2] + 5, (ages, gaps)
 
 
 class _Cam:
