@@ -254,6 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "edgekit"
     sys_version = ""
     protocol_version = "HTTP/1.1"  # keep-alive: the page polls /latest twice a second
+    default_request_version = "HTTP/1.0"  # errors get a status line, even to HTTP/0.9
     timeout = WRITE_TIMEOUT_S
 
     def setup(self) -> None:
