@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -395,3 +396,21 @@ def test_doctor_and_unit_commands(tmp_path):
     r = run_cli("edge_runtime", "unit", "--config", str(ROOT / "device_configs/desktop.yaml"),
                 "--user", "pi")
     assert r.returncode == 0 and "Type=notify" in r.stdout and "User=pi" in r.stdout
+
+
+def test_unit_template_is_package_data():
+    """A pip install has the unit template: it lives in the package and pyproject ships it."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from fnmatch import fnmatch
+
+    from edge_runtime.systemd import UNIT_TEMPLATE, render_unit
+
+    pkg = ROOT / "edge_runtime"
+    assert UNIT_TEMPLATE.is_file() and str(UNIT_TEMPLATE).startswith(str(pkg))
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = data["tool"]["setuptools"]["package-data"]["edge_runtime"]
+    rel = UNIT_TEMPLATE.relative_to(pkg).as_posix()
+    assert any(fnmatch(rel, g) for g in globs), (rel, globs)
+    text = render_unit(ROOT / "device_configs/desktop.yaml", "/srv/edgekit", "/usr/bin/python3")
+    assert "WorkingDirectory=/srv/edgekit" in text and not re.search(r"@[A-Z]+@", text)
+    assert "ExecStart=/usr/bin/python3 -m edge_runtime run --config " in text
