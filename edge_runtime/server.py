@@ -354,8 +354,14 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     self._json(HTTPStatus.OK, doc)
             elif path == "/metrics":
-                self._send(HTTPStatus.OK, app.metrics.render(),
-                           "text/plain; version=0.0.4; charset=utf-8")
+                try:
+                    text = app.metrics.render()
+                except ImportError:
+                    self._json(HTTPStatus.NOT_IMPLEMENTED, {
+                        "error": "/metrics needs prometheus_client: pip install "
+                                 "'edgekit[device]'"})
+                    return
+                self._send(HTTPStatus.OK, text, "text/plain; version=0.0.4; charset=utf-8")
             elif path == "/stream.mjpg":
                 self._stream()
             else:

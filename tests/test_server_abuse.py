@@ -284,3 +284,12 @@ def test_many_clients_get_answers_without_timeouts(serve):
     assert got.ok == 200 and got.timeouts == 0 and got.errors == 0, got
     # A dropped SYN (a full listen backlog) costs a 1 s retransmission.
     assert got.p99_ms < 1000, got
+
+
+def test_metrics_without_prometheus_client_is_one_clear_answer(serve, monkeypatch):
+    srv = serve()
+    srv.metrics._registry = None
+    monkeypatch.setitem(__import__("sys").modules, "prometheus_client", None)
+    reply = raw(srv, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status(reply) == 501 and b"pip install 'edgekit[device]'" in reply
+    assert status(raw(srv, b"GET /latest HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
