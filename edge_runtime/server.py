@@ -107,6 +107,7 @@ class Server:
         if self._thread.is_alive():
             self.httpd.shutdown()
         self.httpd.server_close()
+        self.httpd.close_connections()
 
     def latest(self) -> dict[str, Any] | None:
         """The /latest document (None before the first result)."""
@@ -234,6 +235,15 @@ class _HTTPServer(ThreadingHTTPServer):
                 if waiting:
                     conn.since = time.monotonic()
 
+    def close_connections(self) -> None:
+        """Disconnects every client (server stopping)."""
+        with self._lock:
+            for conn in list(self._conns.values()):
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
     def shutdown_request(self, request: Any) -> None:
         with self._lock:
             self._conns.pop(request, None)
@@ -264,7 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self._reader)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
-        log.debug("http %s - %s", self.address_string(), format % args)
+        if log.isEnabledFor(logging.DEBUG):  # called for every request: format only if shown
+            log.debug("http %s - %s", self.address_string(), format % args)
 
     def handle_one_request(self) -> None:
         self.server.waiting(self.connection, True)
@@ -281,6 +292,23 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
                                 f"request headers larger than {MAX_REQUEST_BYTES} bytes")
+            self._discard_rest()
+
+    def _discard_rest(self, seconds: float = 0.5, limit: int = 1 << 20) -> None:
+        """Reads and drops what the client is still sending, briefly: closing a socket
+        with unread data resets the connection, and the client may lose our answer."""
+        sock = self.connection
+        deadline = time.monotonic() + seconds
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            while limit > 0 and (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                n = len(sock.recv(65536))
+                if not n:
+                    break
+                limit -= n
+        except OSError:
+            pass
 
     def parse_request(self) -> bool:
         if not super().parse_request():
