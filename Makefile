@@ -72,6 +72,11 @@ bench-pipeline: setup ## daemon pipeline vs bare invoke(): [MODEL=m.tflite] [SOU
 	@test -f "$(or $(MODEL),runs/demo/export/model_int8.tflite)" || { echo "error: no model $(or $(MODEL),runs/demo/export/model_int8.tflite); run 'make demo' or pass MODEL=m.tflite" >&2; exit 2; }
 	$(PY) -m benchmarks.pipeline --model $(or $(MODEL),runs/demo/export/model_int8.tflite) --source $(or $(SOURCE),file) --repeats $(or $(REPEATS),3) --json $(or $(OUT),runs/bench-pipeline.json) $(ARGS)
 
+.PHONY: bench-http
+bench-http: setup ## HTTP on 127.0.0.1: 50 clients x 20 /latest, 20 stalled stream clients: [MODEL=m.tflite] [ARGS=--strict]
+	@test -f "$(or $(MODEL),runs/demo/export/model_int8.tflite)" || { echo "error: no model $(or $(MODEL),runs/demo/export/model_int8.tflite); run 'make demo' or pass MODEL=m.tflite" >&2; exit 2; }
+	$(PY) -m benchmarks.http_load --model $(or $(MODEL),runs/demo/export/model_int8.tflite) --json $(or $(OUT),runs/bench-http.json) $(ARGS)
+
 # (alpha, img-size) points for the latency-vs-accuracy sweep; each gets runs/sweep-A-S.
 SWEEP ?= 0.35-96 0.5-128 0.75-160 1.0-224
 .PHONY: sweep
