@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .backend import backend
 from .errors import EdgekitError
 
 IDENTIFIER = b"TFL3"
@@ -222,12 +223,12 @@ except (ImportError, ValueError, OSError):
 def say(**kw):
     sys.stdout.write("\n" + json.dumps(kw) + "\n")
 try:
-    from edge_runtime.backend import backend
-    b = backend()
-    it = b.interpreter_cls(model_path=sys.argv[1])
+    import importlib
+    module, _, name = sys.argv[4].rpartition(".")
+    it = getattr(importlib.import_module(module), name)(model_path=sys.argv[1])
     if sys.argv[2] == "allocate":
         it.allocate_tensors()
-    say(ok=True, backend=b.name)
+    say(ok=True)
 except MemoryError:
     say(ok=False, error="out of memory")
 except BaseException as e:
@@ -257,14 +258,13 @@ def load_check(path: str | Path, allocate: bool = True,
     # Room for Python, the runtime and a few copies of the model; beyond that a model asks
     # for memory no edge device has.
     limit = max(4 << 30, 6 * size + (2 << 30))
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    chosen = backend()  # the child loads the class this process would use, nothing else
+    cls = f"{chosen.interpreter_cls.__module__}.{chosen.interpreter_cls.__qualname__}"
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _CHILD, str(path), "allocate" if allocate else "build",
-             str(limit)], capture_output=True, text=True, timeout=timeout, env=env,
-            stdin=subprocess.DEVNULL)
+             str(limit), cls], capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise EdgekitError(f"the TFLite interpreter did not load {path} within {timeout:g} s"
                            ) from None
@@ -282,7 +282,7 @@ def load_check(path: str | Path, allocate: bool = True,
         raise EdgekitError(f"the TFLite interpreter failed on {path}: {last[:300]}") from None
     if not result.get("ok"):
         raise EdgekitError(f"the TFLite interpreter cannot load {path}: {result.get('error')}")
-    return str(result.get("backend"))
+    return chosen.name
 
 
 __all__ = ["EDGETPU_CUSTOM_OP", "IDENTIFIER", "MAX_TENSOR_BYTES", "builtin_op_names",
