@@ -254,16 +254,11 @@ def measure(url: str, token: str | None = None, clients: int = 50, requests: int
             stalled: int = 20, fps_seconds: float = 4.0) -> dict:
     """All three measurements against a running daemon; returns one JSON-ready dict."""
     quiet = inference_fps(url, fps_seconds, token)
-    box: dict = {}
     n0, t0 = frames_total(url, token), time.perf_counter()
-    loader = threading.Thread(target=lambda: box.update(
-        load=request_load(url, clients, requests, "latest", token)), daemon=True)
-    loader.start()
-    loader.join()
+    load = request_load(url, clients, requests, "latest", token)
     n1, t1 = frames_total(url, token), time.perf_counter()
     loaded = round((n1 - n0) / (t1 - t0), 2)
     stream = viewer_after_stalled(url, stalled, token)
-    load: LoadResult = box["load"]
     doc = {"url": url, "quiet_fps": quiet, "loaded_fps": loaded,
            "fps_ratio": round(loaded / quiet, 3) if quiet else None,
            "latest": asdict(load), "stream": asdict(stream), "cpus": os.cpu_count()}
@@ -306,19 +301,23 @@ def daemon(model: str, source: str, labels: str | None = None, threads: int = 1,
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     lines: list[str] = []
+    found = threading.Event()
+
+    def drain() -> None:  # stderr read on a thread: a silent daemon cannot hang us
+        for line in proc.stderr:
+            if len(lines) < 1000:
+                lines.append(line)
+            if line.startswith(("edgekit:", "error:")):
+                found.set()
+        found.set()
+
+    threading.Thread(target=drain, daemon=True).start()
     try:
-        deadline = time.monotonic() + 60
-        url = None
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("edgekit:") and "http://" in line:
-                url = line.rsplit("http ", 1)[-1].strip()
+        found.wait(60)
+        url = next((ln.rsplit("http ", 1)[-1].strip() for ln in lines
+                    if ln.startswith("edgekit:") and "http://" in ln), None)
         if url is None:
             raise EdgekitError("the daemon did not start: " + "".join(lines)[-500:].strip())
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # until the first result
             with suppress(EdgekitError, OSError):

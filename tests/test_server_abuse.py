@@ -293,3 +293,29 @@ def test_metrics_without_prometheus_client_is_one_clear_answer(serve, monkeypatc
     reply = raw(srv, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status(reply) == 501 and b"pip install 'edgekit[device]'" in reply
     assert status(raw(srv, b"GET /latest HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
+
+
+def test_http_load_benchmark_measures_a_running_server(serve, capsys):
+    from benchmarks.http_load import main
+
+    srv = serve(max_clients=2)
+    assert main(["--url", srv.url, "--clients", "5", "--requests", "2", "--stalled", "3",
+                 "--fps-seconds", "0.5"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["latest"]["ok"] == 10 and doc["latest"]["timeouts"] == 0
+    assert 10 < doc["quiet_fps"] < 40  # the feeder publishes 30 frames a second
+    assert doc["stream"]["status"] == 200 and doc["stream"]["first_frame_s"] < 1.0
+    assert set(doc["met"]) == {"timeouts", "p99_ms", "fps_ratio", "first_frame_s"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--url", "http://192.0.2.1:80/"], "load is only ever sent to this machine"),
+    (["--url", "http://example.com:80/"], "load is only ever sent to this machine"),
+    (["--model", "/nonexistent.tflite"], "model not found: /nonexistent.tflite"),
+])
+def test_http_load_refuses_remote_urls_and_missing_models(argv, message, capsys):
+    from benchmarks.http_load import main
+
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
