@@ -132,7 +132,7 @@ def request_load(url: str, clients: int = 50, requests: int = 20, path: str = "l
                 r.read()
                 if r.status != 200:
                     kind, why = "errors", f"HTTP {r.status}"
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 kind, why = "timeouts", "timeout"
             except OSError as e:
                 kind, why = "errors", f"{type(e).__name__}: {e}"
@@ -207,7 +207,7 @@ def viewer_after_stalled(url: str, stalled: int = 20, token: str | None = None,
                 v.settimeout(max(0.01, deadline - time.perf_counter()))
                 try:
                     chunk = v.recv(65536)
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     break
                 if not chunk:
                     break
