@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORAL = (ROOT / ".." / "shared" / "reference" / "coral").resolve()
+# Coral's reference models and photos: beside the development checkout, else where
+# `make test-data` puts them (tests/fetch_data.py).
+CORAL_DIRS = ((ROOT / ".." / "shared" / "reference" / "coral").resolve(),
+              ROOT / "data" / "coral")
+CORAL = next((d for d in CORAL_DIRS if (d / "mobilenet_v2_1.0_224_quant.tflite").is_file()),
+             CORAL_DIRS[0])
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -70,6 +75,6 @@ def exported(trained_run) -> Path:
 def coral() -> Path:
     """Coral's reference models and photos; skips when the folder is absent."""
     if not (CORAL / "mobilenet_v2_1.0_224_quant.tflite").is_file():
-        pytest.skip(f"Coral reference data not found at {CORAL} (only present in the "
-                    "development checkout)")
+        pytest.skip("Coral reference data not found in "
+                    f"{' or '.join(str(d) for d in CORAL_DIRS)}: run `make test-data`")
     return CORAL
