@@ -90,10 +90,6 @@ class Viewer:
     writing_since: float | None = None  # a write in progress started then
     evicted: bool = False
 
-    def stalled(self, now: float) -> bool:
-        """Whether a write has been stuck for more than ``STALL_S``."""
-        return self.writing_since is not None and now - self.writing_since > STALL_S
-
     def proven(self) -> bool:
         """Whether it has taken more than a client that never reads could hold."""
         return self.sent > PROVEN_BYTES
@@ -122,16 +118,24 @@ class Slots:
         now = time.monotonic()
         with self._lock:
             if len(self._viewers) >= self.size:
-                stalled = [v for v in self._viewers if v.stalled(now)]
-                victim = (min(stalled, key=lambda v: v.writing_since) if stalled else
-                          min((v for v in self._viewers if not v.proven()),
-                              key=lambda v: v.since, default=None))
+                victim = self._victim(now)
                 if victim is None:
                     return None
                 self._evict(victim)
             viewer = Viewer(sock)
             self._viewers.append(viewer)
             return viewer
+
+    def _victim(self, now: float) -> Viewer | None:
+        stalled = []
+        for v in self._viewers:
+            since = v.writing_since  # read once: the viewer's thread may clear it meanwhile
+            if since is not None and now - since > STALL_S:
+                stalled.append((since, v))
+        if stalled:
+            return min(stalled, key=lambda p: p[0])[1]
+        return min((v for v in self._viewers if not v.proven()), key=lambda v: v.since,
+                   default=None)
 
     def release(self, viewer: Viewer) -> None:
         """Gives the slot back (twice is harmless)."""
