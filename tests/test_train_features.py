@@ -177,3 +177,79 @@ def test_tune_searches_then_trains_the_best(sample, tmp_path):
     assert training["alpha"] == best["alpha"] and training["dropout"] == best["dropout"]
     assert training["learning_rate"] == pytest.approx(best["learning_rate"])
     assert (out / "model.keras").is_file() and (out / "metrics.json").is_file()
+
+
+def test_training_context_leaves_no_process_wide_setting_behind(monkeypatch):
+    import warnings
+
+    import keras
+    from tensorflow.python.framework import config as tf_config
+
+    from train import core
+
+    monkeypatch.setattr(core.shutil, "which", lambda name: None)  # no GPU hint here
+    filters, policy = list(warnings.filters), keras.mixed_precision.global_policy().name
+    deterministic = tf_config.is_op_determinism_enabled()
+    with core.training_context(TrainConfig(data="d", out="o")):
+        assert tf_config.is_op_determinism_enabled()
+        assert any("shuffle=True" in str(f[1]) for f in warnings.filters)
+    assert list(warnings.filters) == filters
+    assert keras.mixed_precision.global_policy().name == policy
+    assert tf_config.is_op_determinism_enabled() == deterministic
+
+
+def test_gpu_hint_only_when_an_nvidia_gpu_seems_present(monkeypatch, capsys):
+    from train import core
+
+    monkeypatch.setattr(core.shutil, "which", lambda name: None)
+    monkeypatch.setattr(core.Path, "exists", lambda self: False)
+    assert core.gpu_hint() is None and capsys.readouterr().err == ""
+    monkeypatch.setattr(core.shutil, "which",
+                        lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
+    line = core.gpu_hint()
+    assert "pip install 'edgekit[gpu]'" in line
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_quiet_filter_drops_only_tensorflow_noise(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from train.quiet import quiet_tensorflow\n"
+        "with quiet_tensorflow(verbose=len(sys.argv) > 1):\n"
+        "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called"
+        " are written to STDERR\\n')\n"
+        "    os.write(2, b'I0000 00:00:1796001786.690917    2302 port.cc:153] oneDNN custom"
+        " operations are on.\\n')\n"
+        "    os.write(2, b'E0000 00:00:1796001800.216172    2302 node_def_util.cc:682] NodeDef"
+        " mentions attribute use_unbounded_threadpool which is not in the op definition\\n')\n"
+        "    os.write(2, b'E0000 00:00:1796001800.216172    2302 other.cc:1] a real error\\n')\n"
+        "    print('error: kept', file=sys.stderr)\n"
+        "print('after', file=sys.stderr)\n")
+    root = Path(__file__).resolve().parents[1]
+    quiet = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                           text=True, timeout=60)
+    assert quiet.stderr.splitlines() == [
+        "E0000 00:00:1796001800.216172    2302 other.cc:1] a real error", "error: kept",
+        "after"]
+    loud = subprocess.run([sys.executable, "-c", code, "-v"], cwd=root, capture_output=True,
+                          text=True, timeout=60)
+    assert len(loud.stderr.splitlines()) == 6
+
+
+def test_a_flat_folder_of_images_asks_for_one_subfolder_per_class(tmp_path):
+    import cv2
+
+    from train.prepare import prepare
+
+    data = tmp_path / "flat"
+    data.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(data / f"{i}.jpg"), np.zeros((20, 20, 3), np.uint8))
+    (tmp_path / "run").mkdir()
+    with pytest.raises(EdgekitError, match=r"expected one subfolder per class \(at least 2, "
+                       r"e\.g\. .*/flat/cat/, .*/flat/dog/\) in .*flat, found 0; its 3 loose "
+                       r"images need sorting into them"):
+        prepare(data, tmp_path / "run", 5, 0.15, 0.15, seed=0)

@@ -36,6 +36,13 @@ def measure(data: str, alpha: float, img_size: int, batch: int, steps: int,
     """Runs the comparison; returns the result dictionary (see the module docstring)."""
     import warnings
 
+    with warnings.catch_warnings():  # restored after: no filter left on the process
+        warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our datasets shuffle
+        return _measure(data, alpha, img_size, batch, steps, repeats, frozen)
+
+
+def _measure(data: str, alpha: float, img_size: int, batch: int, steps: int,
+             repeats: int, frozen: bool) -> dict:
     import keras
 
     from .augment import Augment, build_augmenter
@@ -50,7 +57,6 @@ def measure(data: str, alpha: float, img_size: int, batch: int, steps: int,
     cfg = TrainConfig(data=data, out="-", weights="none", alpha=alpha, img_size=img_size,
                       batch_size=batch)
     keras.utils.set_random_seed(0)
-    warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our datasets shuffle
     model, base = build_and_compile(cfg, len(classes), None)
     if frozen:  # the default transfer-learning phase: frozen base, BatchNorm in inference
         base.trainable = False

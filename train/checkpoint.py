@@ -21,6 +21,9 @@ from edge_runtime.fileio import atomic_path, write_json
 
 PHASES = ("head", "fine_tune")
 SCORE = "val_score"  # what checkpoints, early stopping and plateau monitor; see score_callback
+# Printed beside the score: it exceeds 1 by the tie-breaker when accuracy is 1.
+SCORE_MEANING = ("val_accuracy plus a tie-breaker smaller than one image's worth that "
+                 "favours lower val_loss, so it can exceed 1")
 
 
 def score_callback(n_val: int):

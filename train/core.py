@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
 import sys
 import time
 import warnings
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -140,18 +142,72 @@ def datasets(cfg: TrainConfig, root: Path, split: Split, k: int, out: Path,
     return train_ds, val_ds
 
 
+@dataclass(frozen=True)
+class _Data:
+    """The prepared data: classes, split and the decoded validation and test images."""
+
+    classes: list[str]
+    split: Split
+    root: Path
+    report: dict
+    x_va: np.ndarray
+    y_va: np.ndarray
+    x_te: np.ndarray
+    y_te: np.ndarray
+    skipped: list[str]
+
+
+@dataclass
+class _Run:
+    """One training run in progress: its settings, folder, checkpoint state and data."""
+
+    cfg: TrainConfig
+    out: Path
+    resume: bool
+    state: ckpt.State
+    data: _Data
+
+    @property
+    def weights(self) -> str | None:
+        """The base's starting weights; None trains from scratch."""
+        return None if self.cfg.weights.lower() == "none" else self.cfg.weights
+
+    @property
+    def steps(self) -> int:
+        """Training batches per epoch."""
+        return max(1, -(-len(self.data.split.train) // self.cfg.batch_size))
+
+
 def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
+    """Trains into the prepared folder ``out``: settings, data, training, outputs."""
+    run = _start(cfg, out, resume)
+    with training_context(run.cfg) as strategy:
+        t0 = time.time()
+        model = _train(run, strategy)
+        train_seconds = time.time() - t0
+        _write_outputs(run, model, train_seconds)
+    return out
+
+
+def _start(cfg: TrainConfig, out: Path, resume: bool) -> _Run:
+    """The settings (the recorded ones when resuming), checkpoint state and data."""
     if resume:
         state = ckpt.load_state(out)
         cfg = replace(TrainConfig.load(out / "train_config.json"), out=str(out))
-        print(f"resuming {out}: {state.phase} phase after epoch {state.epoch}, best val "
-              f"score so far {state.best:.4f}", file=sys.stderr)
+        print(f"resuming {out}: {state.phase} phase after epoch {state.epoch}, best "
+              f"{ckpt.SCORE} so far {state.best:.4f} ({ckpt.SCORE_MEANING})", file=sys.stderr)
     else:
         cfg = replace(cfg, out=str(out))
         state = ckpt.State()
     warn(cfg)
-    classes, split, root, data_report = _data(cfg, out, resume)
+    data = _load_data(cfg, out, resume)
     cfg.save(out / "train_config.json")
+    return _Run(cfg, out, resume, state, data)
+
+
+def _load_data(cfg: TrainConfig, out: Path, resume: bool) -> _Data:
+    """Prepares (or, resuming, re-reads) the split and decodes validation and test images."""
+    classes, split, root, report = _data(cfg, out, resume)
     size = (cfg.img_size, cfg.img_size)
     t0 = time.time()
     x_va, y_va, skip_va = load_arrays(root, split.val, size, cfg.resize, cfg.interpolation)
@@ -161,115 +217,178 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
         print(f"warning: skipped {line}", file=sys.stderr)
     if not split.train or len(x_va) == 0 or len(x_te) == 0:
         raise EdgekitError(f"no decodable images left in a split of {cfg.data}")
-    print(f"data ({data_report['layout']}): {len(classes)} classes, train {len(split.train)}, "
-          f"val {len(x_va)}, test {len(x_te)} images; {len(data_report['rejected'])} files "
-          f"rejected, imbalance {data_report['imbalance_ratio']} ({time.time() - t0:.1f} s)")
+    print(f"data ({report['layout']}): {len(classes)} classes, train {len(split.train)}, "
+          f"val {len(x_va)}, test {len(x_te)} images; {len(report['rejected'])} files "
+          f"rejected, imbalance {report['imbalance_ratio']} ({time.time() - t0:.1f} s)")
+    return _Data(classes, split, root, report, x_va, y_va, x_te, y_te, skipped)
 
+
+@contextlib.contextmanager
+def training_context(cfg: TrainConfig) -> Iterator:
+    """Seeds, op determinism, mixed precision on a GPU and the warning filters training
+    needs; yields the distribution strategy. The warning filters, the global Keras
+    dtype policy and op determinism are restored on exit, so a caller (a notebook, the
+    tuner, a test) is left as it was; the seeds are not (re-seeding is the caller's)."""
     import keras
     import tensorflow as tf
-
-    from .pipeline import file_dataset
+    from tensorflow.python.framework import config as tf_config
 
     keras.utils.set_random_seed(cfg.seed)
+    was_deterministic = tf_config.is_op_determinism_enabled()
     tf.config.experimental.enable_op_determinism()  # same seed, same model
-    weights = None if cfg.weights.lower() == "none" else cfg.weights
-    k = len(classes)
-    steps = max(1, -(-len(split.train) // cfg.batch_size))
-    train_ds, val_ds = datasets(cfg, root, split, k, out, x_va, y_va)
-    cw = class_weights(split, k) if cfg.class_weights else None
-    verbose = 1 if sys.stdout.isatty() else 2
-    warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # our dataset is shuffled
-    # Epoch 1 learns the length of a dataset that drops undecodable files; not an error.
-    warnings.filterwarnings("ignore", message="Your input ran out of data")
-    (out / "checkpoints").mkdir(exist_ok=True)
+    policy = keras.mixed_precision.global_policy()
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if gpu:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    else:
+        gpu_hint()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # ours shuffles
+            # Epoch 1 learns the length of a dataset that drops undecodable files.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            yield distribution_strategy(cfg.strategy)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+        if not was_deterministic:
+            tf_config.disable_op_determinism()
 
-    def callbacks(phase_epochs: int) -> list:
-        cbs = [ckpt.score_callback(len(x_va)),
-               keras.callbacks.EarlyStopping(monitor=ckpt.SCORE, mode="max",
-                                             patience=cfg.patience, restore_best_weights=True),
-               keras.callbacks.CSVLogger(str(out / "history.csv"),
-                                         append=resume or state.phase != "head"),
-               ckpt.best_checkpoint(out, state), ckpt.callback(out, state),
-               keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False)]
-        if cfg.lr_schedule == "plateau":
-            cbs.append(keras.callbacks.ReduceLROnPlateau(
-                monitor=ckpt.SCORE, mode="max", factor=0.2,
-                patience=max(1, cfg.patience // 2), min_lr=cfg.learning_rate / 1000))
-        return cbs
 
-    t_train = time.time()
-    strategy = distribution_strategy(cfg.strategy)
+def gpu_hint() -> str | None:
+    """When TensorFlow sees no GPU but an NVIDIA one seems present, prints (and returns)
+    one line saying how to use it; None otherwise."""
+    if not (shutil.which("nvidia-smi") or Path("/dev/nvidia0").exists()):
+        return None
+    line = ("note: training on the CPU, but this machine seems to have an NVIDIA GPU "
+            "(nvidia-smi or /dev/nvidia0 found) that TensorFlow cannot use: "
+            "pip install 'edgekit[gpu]' (TensorFlow with CUDA) to train on it")
+    print(line, file=sys.stderr)
+    return line
+
+
+def _callbacks(run: _Run) -> list:
+    """The callbacks of every training phase (the score first: the others monitor it)."""
+    import keras
+
+    cfg, out = run.cfg, run.out
+    cbs = [ckpt.score_callback(len(run.data.x_va)),
+           keras.callbacks.EarlyStopping(monitor=ckpt.SCORE, mode="max",
+                                         patience=cfg.patience, restore_best_weights=True),
+           keras.callbacks.CSVLogger(str(out / "history.csv"),
+                                     append=run.resume or run.state.phase != "head"),
+           ckpt.best_checkpoint(out, run.state), ckpt.callback(out, run.state),
+           keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False)]
+    if cfg.lr_schedule == "plateau":
+        cbs.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=ckpt.SCORE, mode="max", factor=0.2,
+            patience=max(1, cfg.patience // 2), min_lr=cfg.learning_rate / 1000))
+    return cbs
+
+
+def _train(run: _Run, strategy):
+    """Runs the phases still to run (head, then fine-tuning) and returns the best model."""
+    cfg, d = run.cfg, run.data
+    train_ds, val_ds = datasets(cfg, d.root, d.split, len(d.classes), run.out, d.x_va, d.y_va)
+    (run.out / "checkpoints").mkdir(exist_ok=True)
+    print(f"{ckpt.SCORE} (picks the best epoch): {ckpt.SCORE_MEANING}", file=sys.stderr)
     with strategy.scope():
-        if resume:
-            model = ckpt.load_model(ckpt.folder(out) / "last.keras")
+        if run.resume:
+            model = ckpt.load_model(ckpt.folder(run.out) / "last.keras")
             base = _find_base(model)
         else:
-            model, base = build_and_compile(cfg, k, weights, steps)
-    if state.phase == "head" and not state.phase_done:
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
-                  initial_epoch=state.epoch, callbacks=callbacks(cfg.epochs),
-                  class_weight=cw, verbose=verbose)
-        ckpt.finish_phase(out, state, model)
-    if weights is not None and cfg.fine_tune_epochs > 0:
-        if state.phase == "head":
-            with strategy.scope():
-                _unfreeze_top(base, cfg.unfreeze)
-                lr = _learning_rate(cfg, steps, cfg.learning_rate / 10, cfg.fine_tune_epochs)
-                model.compile(optimizer=keras.optimizers.Adam(lr), loss=_loss(cfg),
-                              metrics=["accuracy"])
-            ckpt.start_phase(out, state, "fine_tune")
-        if not state.phase_done:
-            model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs,
-                      initial_epoch=state.epoch, callbacks=callbacks(cfg.fine_tune_epochs),
-                      class_weight=cw, verbose=verbose)
-            ckpt.finish_phase(out, state, model)
-    best = ckpt.folder(out) / "best.keras"
-    if best.is_file():  # the best epoch of all phases and resumes, not merely the last
+            model, base = build_and_compile(cfg, len(d.classes), run.weights, run.steps)
+    if run.state.phase == "head" and not run.state.phase_done:
+        _fit(run, model, cfg.epochs, train_ds, val_ds)
+    if run.weights is not None and cfg.fine_tune_epochs > 0:
+        if run.state.phase == "head":
+            _start_fine_tuning(run, model, base, strategy)
+        if not run.state.phase_done:
+            _fit(run, model, cfg.fine_tune_epochs, train_ds, val_ds)
+    return _best_model(run, model)
+
+
+def _fit(run: _Run, model, epochs: int, train_ds, val_ds) -> None:
+    """Trains the current phase from its recorded epoch to ``epochs`` and records it done."""
+    cw = class_weights(run.data.split, len(run.data.classes)) if run.cfg.class_weights else None
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+              initial_epoch=run.state.epoch, callbacks=_callbacks(run), class_weight=cw,
+              verbose=1 if sys.stdout.isatty() else 2)
+    ckpt.finish_phase(run.out, run.state, model)
+
+
+def _start_fine_tuning(run: _Run, model, base, strategy) -> None:
+    """Unfreezes the top of the base and recompiles at a tenth of the learning rate."""
+    import keras
+
+    cfg = run.cfg
+    with strategy.scope():
+        _unfreeze_top(base, cfg.unfreeze)
+        lr = _learning_rate(cfg, run.steps, cfg.learning_rate / 10, cfg.fine_tune_epochs)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=_loss(cfg),
+                      metrics=["accuracy"])
+    ckpt.start_phase(run.out, run.state, "fine_tune")
+
+
+def _best_model(run: _Run, model):
+    """The best epoch of all phases and resumes, not merely the last; trained from
+    scratch, with its BatchNorm statistics re-estimated on the training images."""
+    best = ckpt.folder(run.out) / "best.keras"
+    if best.is_file():
         model = ckpt.load_model(best)
-    if weights is None:
+    if run.weights is None:
         from .model import recalibrate_batchnorm
+        from .pipeline import file_dataset
 
-        plain = file_dataset(root, split.train, size, cfg.resize, cfg.batch_size, cfg.seed,
-                             train=False, cache="none", interpolation=cfg.interpolation)
+        cfg, d = run.cfg, run.data
+        plain = file_dataset(d.root, d.split.train, (cfg.img_size, cfg.img_size), cfg.resize,
+                             cfg.batch_size, cfg.seed, train=False, cache="none",
+                             interpolation=cfg.interpolation)
         recalibrate_batchnorm(model, (x for x, _ in plain))
-    train_seconds = time.time() - t_train
-    hist = state.history
+    return model
 
-    probs = model.predict(x_te.astype(np.float32), batch_size=cfg.batch_size, verbose=0)
-    test = evaluate_predictions(probs, y_te, classes)
-    val = evaluate_predictions(model.predict(x_va.astype(np.float32), verbose=0), y_va, classes)
 
+def _write_outputs(run: _Run, model, train_seconds: float) -> None:
+    """Evaluates on the held-out split and writes the model, labels, manifest, metrics
+    and plots."""
+    cfg, out, d = run.cfg, run.out, run.data
+    probs = model.predict(d.x_te.astype(np.float32), batch_size=cfg.batch_size, verbose=0)
+    test = evaluate_predictions(probs, d.y_te, d.classes)
+    val = evaluate_predictions(model.predict(d.x_va.astype(np.float32), verbose=0), d.y_va,
+                               d.classes)
     with atomic_path(out / "model.keras") as tmp:
         model.save(tmp)
-    write_labels(out / "labels.txt", classes)
+    write_labels(out / "labels.txt", d.classes)
     manifest = Manifest(
-        labels=classes, input_size=size, color_order="RGB",
+        labels=d.classes, input_size=(cfg.img_size, cfg.img_size), color_order="RGB",
         normalization=Normalization(0.0, 1.0), resize=cfg.resize,
         interpolation=cfg.interpolation,
         extra={
             "model": {"architecture": "MobileNetV2", "alpha": cfg.alpha,
                       "input_range": "0-255 RGB; scaled to [-1, 1] inside the model",
                       "weights": cfg.weights},
-            "data": {"root": str(root.resolve()), "split": Split.to_dict(split),
-                     "skipped": skipped},
+            "data": {"root": str(d.root.resolve()), "split": Split.to_dict(d.split),
+                     "skipped": d.skipped},
             "training": cfg.to_dict() | {"seconds": round(train_seconds, 1),
-                                         "resumed": resume},
+                                         "resumed": run.resume},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "environment": _environment(),
         })
     manifest.save(out / "manifest.json")
+    hist = run.state.history
+    cw = class_weights(d.split, len(d.classes)) if cfg.class_weights else None
     write_json(out / "metrics.json", {"test": test, "val": {"top1": val["top1"]},
                                       "epochs_run": len(hist.get("loss", [])),
-                                      "best_val_score_during_training": state.best,
+                                      "best_val_score_during_training": run.state.best,
+                                      "val_score_meaning": ckpt.SCORE_MEANING,
                                       "class_weights": cw,
                                       "train_seconds": round(train_seconds, 1)})
     write_text(out / "metrics_summary.txt",
                f"test top1 {test['top1']:.4f} on {test['count']} held-out images\n")
     plot_history(hist, out / "training_curves.png")
-    plot_confusion(np.asarray(test["confusion_matrix"]), classes, out / "confusion_matrix.png")
+    plot_confusion(np.asarray(test["confusion_matrix"]), d.classes,
+                   out / "confusion_matrix.png")
     print(f"test top-1 {test['top1']:.4f} on {test['count']} held-out images; "
           f"trained in {train_seconds:.0f} s; wrote {out}")
-    return out
 
 
 def _loss(cfg: TrainConfig):
@@ -295,12 +414,10 @@ def _learning_rate(cfg: TrainConfig, steps_per_epoch: int, base_lr: float, epoch
 
 
 def distribution_strategy(name: str):
-    """The tf.distribute strategy for ``name``; enables mixed precision on a GPU."""
-    import keras
+    """The tf.distribute strategy for ``name`` (mixed precision: see
+    :func:`training_context`)."""
     import tensorflow as tf
 
-    if tf.config.list_physical_devices("GPU"):
-        keras.mixed_precision.set_global_policy("mixed_float16")
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":

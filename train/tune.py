@@ -28,6 +28,7 @@ from .core import (
     cleanup,
     datasets,
     prepare_out,
+    training_context,
 )
 from .data import load_arrays
 from .prepare import class_weights, prepare
@@ -110,8 +111,9 @@ def _search_and_train(kt, cfg: TrainConfig, out: Path, max_trials: int,
         overwrite=True)
     t0 = time.time()
     print(f"tuning: up to {max_trials} trials of {tune_epochs} epoch(s) each", file=sys.stderr)
-    tuner.search(train_ds, validation_data=val_ds, class_weight=cw,
-                 verbose=1 if sys.stdout.isatty() else 2)
+    with training_context(cfg):  # the seed, determinism and warning filters of training
+        tuner.search(train_ds, validation_data=val_ds, class_weight=cw,
+                     verbose=1 if sys.stdout.isatty() else 2)
     trials = sorted((t for t in tuner.oracle.trials.values() if t.score is not None),
                     key=lambda t: -t.score)
     if not trials:
