@@ -3,6 +3,7 @@
 Usage:
     python -m train --data DIR --out runs/NAME [--weights imagenet|none|PATH] [--alpha A]
                     [--img-size N] [--epochs N] [--fine-tune-epochs N] [--seed S] [--tune]
+                    [--verbose]
     python -m train --out runs/NAME --resume
 
 DIR has one subfolder of images per class (or train/val[/test] folders, a CSV, a pixel
@@ -14,7 +15,6 @@ the confusion matrix as PNGs, data_report.json, train_config.json, checkpoints/ 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from edge_runtime.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EdgekitError
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with its recorded settings")
     p.add_argument("--force", action="store_true",
                    help="replace an existing run folder (default: write to NAME-2, NAME-3...)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show TensorFlow's own log lines (hidden by default)")
     m = p.add_argument_group("model")
     m.add_argument("--weights", default="imagenet",
                    help="'imagenet' (downloads), 'none' (from scratch), or a local no-top .h5")
@@ -143,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.resume and not args.data:
         parser.error("--data is required (unless --resume)")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .quiet import quiet_tensorflow
+
+    with quiet_tensorflow(verbose=args.verbose):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Trains (or tunes, then trains) as ``args`` say; returns the exit status."""
     try:
         cfg = config_from_args(args)
         if args.tune:
