@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lines the LiteRT interpreter itself prints on creating its CPU delegate: not ours.
 NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate",
          "INFO: Initialized TensorFlow Lite runtime")
+MEMORY_LIMIT = 3 << 30  # address space for one image or profile case
 LOADS = ("import sys\nfrom ai_edge_litert.interpreter import Interpreter\n"
          "Interpreter(model_path=sys.argv[1]).allocate_tensors()\n")
 
@@ -97,13 +98,31 @@ def stderr_lines(text: str) -> tuple[str, ...]:
     return tuple(ln for ln in text.splitlines() if ln.strip() and not ln.startswith(NOISE))
 
 
-def run_cli(*args: str, timeout: float = 60.0, env: dict | None = None) -> Outcome:
-    """``python -m ARGS`` from the project root; a run past ``timeout`` is killed."""
+def _address_space(limit: int | None):
+    if limit is None:
+        return None
+
+    def cap() -> None:  # in the child, before exec
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return cap
+
+
+def run_cli(*args: str, timeout: float = 60.0, env: dict | None = None,
+            memory_limit: int | None = None) -> Outcome:
+    """``python -m ARGS`` from the project root; a run past ``timeout`` is killed.
+
+    ``memory_limit`` (bytes of address space) keeps an unguarded bomb from taking the
+    machine down with it: it fails inside the limit instead.
+    """
     argv = (sys.executable, "-m", *args)
     t0 = time.monotonic()
     try:
         p = subprocess.run(argv, cwd=ROOT, capture_output=True, timeout=timeout,
-                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+                           preexec_fn=_address_space(memory_limit))
     except subprocess.TimeoutExpired as e:
         err = (e.stderr or b"").decode("utf-8", "replace")
         return Outcome(argv, None, time.monotonic() - t0, stderr_lines(err))
@@ -192,7 +211,7 @@ def bench_images(model: Path, work: Path, labels: str | None, seed: int) -> dict
         path.write_bytes(case.data)
         extra = ["--labels", labels] if labels else []
         o = run_cli("edge_runtime", "classify", "--model", str(model), *extra, str(path),
-                    timeout=120)
+                    timeout=120, memory_limit=MEMORY_LIMIT)
         out[case.name] = {"expect": case.expect, "bytes": len(case.data), **o.brief()}
         path.unlink()
     return out
@@ -205,7 +224,8 @@ def bench_yaml(model: Path, work: Path, video: Path) -> dict:
         path = work / f"{case.name}.yaml"
         path.write_text(case.text)
         o = run_cli("edge_runtime", "run", "--config", str(path), "--model", str(model),
-                    "--source", str(video), "--max-frames", "1", timeout=120)
+                    "--source", str(video), "--max-frames", "1", timeout=120,
+                    memory_limit=MEMORY_LIMIT)
         out[case.name] = {"expect": list(case.fragments), **o.brief()}
     return out
 

@@ -466,7 +466,7 @@ def image_cases(seed: int = 0, bomb_px: tuple[int, int] = (9000, 9000)) -> list[
         ImageCase("png_truncated_half", png[:len(png) // 2], ".png", "error", ""),
         ImageCase("zero_bytes", b"", ".jpg", "error", "empty"),
         ImageCase("text_named_jpg", b"hello, I am a text file\n" * 4, ".jpg", "error",
-                  "not a decodable image"),
+                  "image"),
         ImageCase("jpeg_header_only", jpg[:20], ".jpg", "error", ""),
         ImageCase("png_named_jpg", png, ".jpg", "ok"),
         ImageCase("gray16_png", gray16, ".png", "ok"),
@@ -480,12 +480,13 @@ def image_cases(seed: int = 0, bomb_px: tuple[int, int] = (9000, 9000)) -> list[
 # Device profiles (YAML)
 
 
-def yaml_alias_bomb(levels: int = 9, width: int = 9, field: str = "threads") -> str:
-    """A ~600-byte profile whose ``model.<field>`` expands to width**levels items."""
-    lines = ['a0: &a0 ["lol"]']
-    for i in range(1, levels + 1):
-        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
-    return "\n".join(lines) + f"\nmodel:\n  {field}: *a{levels}\n"
+def yaml_alias_bomb(section: str = "model", key: str = "threads", levels: int = 9,
+                    width: int = 9) -> str:
+    """A ~600-byte profile whose ``section.key`` value holds a list that expands to
+    width**levels items (the anchors are defined inside the value itself)."""
+    items = ['&a0 ["lol"]'] + [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]"
+                               for i in range(1, levels + 1)]
+    return f"{section}:\n  {key}: [{', '.join(items)}]\n"
 
 
 @dataclass(frozen=True)
@@ -503,10 +504,10 @@ def yaml_cases() -> list[YamlCase]:
     """YAML bombs, duplicate keys, huge numbers, absurd threads, deep nesting, garbage."""
     deep = "model:\n  threads: " + "[" * 5000 + "]" * 5000 + "\n"
     return [
-        YamlCase("alias_bomb_threads", yaml_alias_bomb(field="threads"), ("threads",)),
-        YamlCase("alias_bomb_path", yaml_alias_bomb(field="path"), ("path",)),
-        YamlCase("alias_bomb_top", yaml_alias_bomb(field="x").replace("model:\n  x:", "camera:"),
-                 ("camera",)),
+        YamlCase("alias_bomb_threads", yaml_alias_bomb("model", "threads"), ("threads",)),
+        YamlCase("alias_bomb_path", yaml_alias_bomb("model", "path"), ("path",)),
+        YamlCase("alias_bomb_source", yaml_alias_bomb("camera", "source"), ("source",)),
+        YamlCase("alias_bomb_allow", yaml_alias_bomb("classify", "allow"), ("allow",)),
         YamlCase("duplicate_section", "camera:\n  width: 640\nmodel:\n  threads: 1\n"
                  "camera:\n  height: 480\n", ("duplicate", "camera", "line 5")),
         YamlCase("duplicate_key", "model:\n  threads: 1\n  threads: 2\n",
@@ -514,7 +515,8 @@ def yaml_cases() -> list[YamlCase]:
         YamlCase("threads_100000", "model:\n  threads: 100000\n", ("threads", "100000")),
         YamlCase("threads_huge_int", "model:\n  threads: " + "9" * 400 + "\n", ("threads",)),
         YamlCase("width_huge", "camera:\n  width: 1e308\n", ("width",)),
-        YamlCase("stall_inf", "watchdog:\n  stall_s: .inf\n", ("stall_s",)),
+        YamlCase("port_huge", "http:\n  port: " + "9" * 30 + "\n", ("port",)),
+        YamlCase("threshold_nan", "classify:\n  threshold: .nan\n", ("threshold",)),
         YamlCase("deep_nesting", deep, ("threads",)),
         YamlCase("not_a_mapping", "- just\n- a list\n", ()),
         YamlCase("binary_garbage", "\x00\x01\x02 model: [\n", ()),
