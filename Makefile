@@ -81,6 +81,11 @@ bench-http: setup ## HTTP on 127.0.0.1: 50 clients x 20 /latest, 20 stalled stre
 	@test -f "$(or $(MODEL),runs/demo/export/model_int8.tflite)" || { echo "error: no model $(or $(MODEL),runs/demo/export/model_int8.tflite); run 'make demo' or pass MODEL=m.tflite" >&2; exit 2; }
 	$(PY) -m benchmarks.http_load --model $(or $(MODEL),runs/demo/export/model_int8.tflite) --json $(or $(OUT),runs/bench-http.json) $(ARGS)
 
+.PHONY: bench-abuse
+bench-abuse: setup ## hostile models, images, profiles, 100 SIGTERMs, HTTP load via the CLIs: [MODEL=m.tflite] [LABELS=l] [ARGS=...]
+	@test -f "$(or $(MODEL),runs/demo/export/model_int8.tflite)" || { echo "error: no model $(or $(MODEL),runs/demo/export/model_int8.tflite); run 'make demo' or pass MODEL=m.tflite" >&2; exit 2; }
+	$(PY) -m benchmarks.abuse --model $(or $(MODEL),runs/demo/export/model_int8.tflite) $(if $(LABELS),--labels $(LABELS)) --out $(or $(OUT),runs/abuse.json) $(ARGS)
+
 # (alpha, img-size) points for the latency-vs-accuracy sweep; each gets runs/sweep-A-S.
 SWEEP ?= 0.35-96 0.5-128 0.75-160 1.0-224
 .PHONY: sweep
