@@ -266,6 +266,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the page polls /latest twice a second
     default_request_version = "HTTP/1.0"  # errors get a status line, even to HTTP/0.9
     timeout = WRITE_TIMEOUT_S
+    # Headers and body leave in separate writes: with Nagle's algorithm on, a keep-alive
+    # client's delayed ACK holds the body back 40 ms.
+    disable_nagle_algorithm = True
 
     def setup(self) -> None:
         super().setup()

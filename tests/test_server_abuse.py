@@ -319,3 +319,21 @@ def test_http_load_refuses_remote_urls_and_missing_models(argv, message, capsys)
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_keep_alive_requests_are_not_held_back_by_delayed_acks(serve):
+    import http.client
+
+    srv = serve()
+    host, port = srv.httpd.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        t0 = time.monotonic()
+        for _ in range(50):  # one connection: with Nagle on, each answer waits ~40 ms
+            conn.request("GET", "/latest")
+            r = conn.getresponse()
+            assert r.status == 200 and json.loads(r.read())["label"] == "cat"
+        took = time.monotonic() - t0
+    finally:
+        conn.close()
+    assert took < 1.0, f"50 keep-alive requests took {took:.2f} s"
