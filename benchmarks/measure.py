@@ -146,10 +146,3 @@ def measure_accuracy(model: str | Path, files: list[tuple[Path, int]], threads: 
     if bad:
         out["unreadable"] = bad
     return out
-
-
-def environment() -> dict[str, Any]:
-    """Kept for callers of the old API; see :func:`benchmarks.environment.environment`."""
-    from .environment import environment as _environment
-
-    return _environment()

@@ -51,7 +51,7 @@ def _version(dist: str) -> str:
     try:
         from importlib.metadata import version
 
-        return version(dist if dist != "tensorflow" else "tensorflow")
+        return version(dist)
     except Exception:  # noqa: BLE001 - version is informational only
         return "unknown"
 
@@ -69,9 +69,10 @@ def backend() -> Backend:
         except ImportError:
             continue
         if dist == "tensorflow":
-            return Backend(dist, getattr(importlib.import_module("tensorflow"), "__version__",
-                                         "unknown"), mod.Interpreter,
-                           mod.experimental.load_delegate)
+            # The distribution may be tensorflow-cpu (so ask the module for its version),
+            # and tf.lite keeps load_delegate under experimental.
+            tf_version = getattr(importlib.import_module("tensorflow"), "__version__", "unknown")
+            return Backend(dist, tf_version, mod.Interpreter, mod.experimental.load_delegate)
         return Backend(dist, _version(dist), mod.Interpreter, mod.load_delegate)
     raise EdgekitError("no TFLite interpreter found: pip install ai-edge-litert "
                        "(or tflite-runtime on older boards)")
