@@ -212,7 +212,9 @@ def bench_images(model: Path, work: Path, labels: str | None, seed: int) -> dict
         extra = ["--labels", labels] if labels else []
         o = run_cli("edge_runtime", "classify", "--model", str(model), *extra, str(path),
                     timeout=120, memory_limit=MEMORY_LIMIT)
-        out[case.name] = {"expect": case.expect, "bytes": len(case.data), **o.brief()}
+        want = "clear_error" if case.expect == "error" else "ok"
+        out[case.name] = {"expect": case.expect, "bytes": len(case.data), **o.brief(),
+                          "as_expected": o.verdict == want}
         path.unlink()
     return out
 
@@ -224,9 +226,12 @@ def bench_yaml(model: Path, work: Path, video: Path) -> dict:
         path = work / f"{case.name}.yaml"
         path.write_text(case.text)
         o = run_cli("edge_runtime", "run", "--config", str(path), "--model", str(model),
-                    "--source", str(video), "--max-frames", "1", timeout=120,
+                    "--source", str(video), "--max-frames", "1", timeout=60,
                     memory_limit=MEMORY_LIMIT)
-        out[case.name] = {"expect": list(case.fragments), **o.brief()}
+        line = o.lines[0].lower() if o.lines else ""
+        out[case.name] = {"expect": list(case.fragments), **o.brief(),
+                          "as_expected": o.verdict == "clear_error"
+                          and all(f.lower() in line for f in case.fragments)}
     return out
 
 
@@ -369,7 +374,10 @@ def summary(doc: dict) -> dict:
         s["mutants"] = {k: m[k] for k in ("classify", "lint", "lint_false_pass")}
     for name in ("images", "yaml"):
         if name in doc:
-            s[name] = {k: v["verdict"] for k, v in doc[name].items()}
+            s[name] = {"cases": len(doc[name]),
+                       "as_expected": sum(v["as_expected"] for v in doc[name].values()),
+                       "not": {k: v["verdict"] for k, v in doc[name].items()
+                               if not v["as_expected"]}}
     if "signals" in doc:
         g = doc["signals"]
         s["signals"] = {k: g[k] for k in ("sent", "clean", "max_exit_s", "rc_counts")}

@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import abuse_gen as gen
@@ -427,3 +428,24 @@ def test_daemon_survives_the_abuse_and_stops_cleanly(daemon):
     text = "\n".join(daemon.lines)
     assert rc == 0 and took <= 2.0, (rc, took, text[-500:])
     assert "Traceback" not in text, text[-2000:]
+
+
+# ---------------------------------------------------------------------------------------
+# The generators themselves
+
+
+def test_generators_are_seeded_pure_and_hit_their_fields(model):
+    data = model[0].read_bytes()
+    a, b = gen.sample_mutants(data, seed=0), gen.sample_mutants(data, seed=0)
+    assert [(c.name, c.data) for c in a] == [(c.name, c.data) for c in b]
+    assert [c.data for c in gen.flip_mutants(data, 1, 2)] != [
+        c.data for c in gen.flip_mutants(data, 2, 2)]
+    assert model[0].read_bytes() == data  # the source model is never written to
+    # A structural mutant differs from the model only in the 1-4 bytes of its field.
+    for c in gen.structural_mutants(data, 0, 1):
+        if c.kind in ("struct_subgraph_input_index", "struct_input_dim_huge"):
+            diff = np.flatnonzero(np.frombuffer(data, np.uint8) != np.frombuffer(c.data, np.uint8))
+            assert 1 <= len(diff) <= 4 and diff[-1] - diff[0] < 4, (c.name, diff)
+    assert gen.png_header_bomb()[16:24] == (60000).to_bytes(4, "big") * 2
+    assert len(gen.png_real_bomb(9000, 9000)) < 200_000
+    assert gen.signal_times(5, 0, 1, 3) == gen.signal_times(5, 0, 1, 3)
