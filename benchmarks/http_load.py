@@ -2,8 +2,8 @@
 
 Usage:
     python -m benchmarks.http_load --model MODEL.tflite [--labels LABELS] [--source VIDEO]
-        [--threads 1] [--clients 50] [--requests 20] [--stalled 20] [--fps-seconds 4]
-        [--json OUT.json] [--strict]
+        [--threads 1] [--clients 50] [--requests 20] [--keep-alive] [--stalled 20]
+        [--fps-seconds 4] [--json OUT.json] [--strict]
     python -m benchmarks.http_load --url http://127.0.0.1:PORT/ [--token TOKEN] ...
 
 With ``--model`` it starts ``python -m edge_runtime run`` on a video (``--source``, or a
@@ -11,7 +11,8 @@ generated 320x240 clip) bound to 127.0.0.1, with ``--url`` it measures a daemon 
 running on this machine. Measured, in this order:
 
 1. quiet inference fps (frames classified per second, no HTTP load);
-2. ``--clients`` threads x ``--requests`` GETs of /latest, each on a new connection:
+2. ``--clients`` threads x ``--requests`` GETs of /latest, each on a new connection
+   (``--keep-alive``: one per client):
    latency p50/p95/p99/max, timeouts and errors, and the inference fps meanwhile;
 3. ``--stalled`` clients that open /stream.mjpg and never read, then one viewer: the time
    until its first JPEG.
@@ -97,8 +98,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def request_load(url: str, clients: int = 50, requests: int = 20, path: str = "latest",
-                 token: str | None = None, timeout: float = 10.0) -> LoadResult:
-    """``clients`` threads each send ``requests`` GETs of ``path``, one connection each.
+                 token: str | None = None, timeout: float = 10.0,
+                 keep_alive: bool = False) -> LoadResult:
+    """``clients`` threads each send ``requests`` GETs of ``path``.
 
     Args:
         url: the daemon's base URL (loopback only).
@@ -107,6 +109,8 @@ def request_load(url: str, clients: int = 50, requests: int = 20, path: str = "l
         path: the page to get.
         token: bearer token, when the daemon has one.
         timeout: seconds before a request counts as timed out.
+        keep_alive: each client reuses one connection (as a browser does) instead of
+            opening one per request.
 
     Returns:
         Latency percentiles (milliseconds, successful requests) and failure counts.
@@ -122,10 +126,12 @@ def request_load(url: str, clients: int = 50, requests: int = 20, path: str = "l
     def client() -> None:
         with suppress(threading.BrokenBarrierError):
             start.wait(30)
+        conn = None
         for _ in range(requests):
             t0 = time.perf_counter()
             kind, why = None, ""
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            if conn is None:
+                conn = http.client.HTTPConnection(host, port, timeout=timeout)
             try:
                 conn.request("GET", "/" + path, headers=headers)
                 r = conn.getresponse()
@@ -137,7 +143,9 @@ def request_load(url: str, clients: int = 50, requests: int = 20, path: str = "l
             except OSError as e:
                 kind, why = "errors", f"{type(e).__name__}: {e}"
             finally:
-                conn.close()
+                if not keep_alive or kind is not None:
+                    conn.close()
+                    conn = None
             dt = (time.perf_counter() - t0) * 1000.0
             with lock:
                 if kind is None:
@@ -251,15 +259,15 @@ def inference_fps(url: str, seconds: float, token: str | None = None) -> float:
 
 
 def measure(url: str, token: str | None = None, clients: int = 50, requests: int = 20,
-            stalled: int = 20, fps_seconds: float = 4.0) -> dict:
+            stalled: int = 20, fps_seconds: float = 4.0, keep_alive: bool = False) -> dict:
     """All three measurements against a running daemon; returns one JSON-ready dict."""
     quiet = inference_fps(url, fps_seconds, token)
     n0, t0 = frames_total(url, token), time.perf_counter()
-    load = request_load(url, clients, requests, "latest", token)
+    load = request_load(url, clients, requests, "latest", token, keep_alive=keep_alive)
     n1, t1 = frames_total(url, token), time.perf_counter()
     loaded = round((n1 - n0) / (t1 - t0), 2)
     stream = viewer_after_stalled(url, stalled, token)
-    doc = {"url": url, "quiet_fps": quiet, "loaded_fps": loaded,
+    doc = {"url": url, "keep_alive": keep_alive, "quiet_fps": quiet, "loaded_fps": loaded,
            "fps_ratio": round(loaded / quiet, 3) if quiet else None,
            "latest": asdict(load), "stream": asdict(stream), "cpus": os.cpu_count()}
     doc["goals"] = GOALS
@@ -363,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent /latest clients (default: %(default)s)")
     p.add_argument("--requests", type=_positive_int, default=20,
                    help="requests per client (default: %(default)s)")
+    p.add_argument("--keep-alive", action="store_true",
+                   help="each /latest client reuses one connection, as a browser does")
     p.add_argument("--stalled", type=_positive_int, default=20,
                    help="non-reading /stream.mjpg clients (default: %(default)s)")
     p.add_argument("--fps-seconds", type=_positive_float, default=4.0,
@@ -377,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         knobs = {"clients": args.clients, "requests": args.requests,
-                 "stalled": args.stalled, "fps_seconds": args.fps_seconds}
+                 "stalled": args.stalled, "fps_seconds": args.fps_seconds,
+                 "keep_alive": args.keep_alive}
         if args.url:
             doc = measure(args.url, args.token, **knobs)
         else:
