@@ -3,17 +3,18 @@
 Usage:
     python -m benchmarks.http_load --model MODEL.tflite [--labels LABELS] [--source VIDEO]
         [--threads 1] [--clients 50] [--requests 20] [--keep-alive] [--stalled 20]
-        [--fps-seconds 4] [--json OUT.json] [--strict]
+        [--fps-seconds 4] [--rounds 3] [--json OUT.json] [--strict]
     python -m benchmarks.http_load --url http://127.0.0.1:PORT/ [--token TOKEN] ...
 
 With ``--model`` it starts ``python -m edge_runtime run`` on a video (``--source``, or a
 generated 320x240 clip) bound to 127.0.0.1, with ``--url`` it measures a daemon already
 running on this machine. Measured, in this order:
 
-1. quiet inference fps (frames classified per second, no HTTP load);
+1. inference fps (frames classified per second) quiet and while ``--clients`` threads
+   send /latest requests non-stop, in ``--rounds`` alternating windows of
+   ``--fps-seconds`` (medians);
 2. ``--clients`` threads x ``--requests`` GETs of /latest, each on a new connection
-   (``--keep-alive``: one per client):
-   latency p50/p95/p99/max, timeouts and errors, and the inference fps meanwhile;
+   (``--keep-alive``: one per client): latency p50/p95/p99/max, timeouts and errors;
 3. ``--stalled`` clients that open /stream.mjpg and never read, then one viewer: the time
    until its first JPEG.
 
@@ -30,6 +31,7 @@ import ipaddress
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,7 +101,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def request_load(url: str, clients: int = 50, requests: int = 20, path: str = "latest",
                  token: str | None = None, timeout: float = 10.0,
-                 keep_alive: bool = False) -> LoadResult:
+                 keep_alive: bool = False, duration: float | None = None) -> LoadResult:
     """``clients`` threads each send ``requests`` GETs of ``path``.
 
     Args:
@@ -111,6 +113,7 @@ def request_load(url: str, clients: int = 50, requests: int = 20, path: str = "l
         timeout: seconds before a request counts as timed out.
         keep_alive: each client reuses one connection (as a browser does) instead of
             opening one per request.
+        duration: stop sending after this many seconds, even short of ``requests``.
 
     Returns:
         Latency percentiles (milliseconds, successful requests) and failure counts.
@@ -129,6 +132,8 @@ def request_load(url: str, clients: int = 50, requests: int = 20, path: str = "l
         conn = None
         for _ in range(requests):
             t0 = time.perf_counter()
+            if duration is not None and t0 - started[0] > duration:
+                break
             kind, why = None, ""
             if conn is None:
                 conn = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -157,13 +162,15 @@ def request_load(url: str, clients: int = 50, requests: int = 20, path: str = "l
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     t0 = time.perf_counter()
+    started = [t0]
     for t in threads:
         t.start()
+    longest = timeout * requests if duration is None else duration + timeout
     for t in threads:
-        t.join(timeout * requests + 30)
+        t.join(max(0.0, t0 + longest + 30 - time.perf_counter()))
     seconds = time.perf_counter() - t0
-    return LoadResult(clients, requests, len(lat), fails["timeouts"], fails["errors"],
-                      round(seconds, 3), round(_percentile(lat, 0.50), 2),
+    return LoadResult(clients, len(lat) + sum(fails.values()), len(lat), fails["timeouts"],
+                      fails["errors"], round(seconds, 3), round(_percentile(lat, 0.50), 2),
                       round(_percentile(lat, 0.95), 2), round(_percentile(lat, 0.99), 2),
                       round(max(lat, default=float("nan")), 2), first[0] if first else None)
 
@@ -259,17 +266,29 @@ def inference_fps(url: str, seconds: float, token: str | None = None) -> float:
 
 
 def measure(url: str, token: str | None = None, clients: int = 50, requests: int = 20,
-            stalled: int = 20, fps_seconds: float = 4.0, keep_alive: bool = False) -> dict:
-    """All three measurements against a running daemon; returns one JSON-ready dict."""
-    quiet = inference_fps(url, fps_seconds, token)
-    n0, t0 = frames_total(url, token), time.perf_counter()
+            stalled: int = 20, fps_seconds: float = 4.0, keep_alive: bool = False,
+            rounds: int = 3) -> dict:
+    """All three measurements against a running daemon; returns one JSON-ready dict.
+
+    The fps are medians over ``rounds`` pairs of windows, quiet then loaded (the clients
+    sending for ``fps_seconds``), so that other work on the machine weighs on both alike;
+    latencies and failures come from one run of exactly ``clients`` x ``requests``.
+    """
+    quiet, loaded = [], []
+    for _ in range(rounds):
+        quiet.append(inference_fps(url, fps_seconds, token))
+        n0, t0 = frames_total(url, token), time.perf_counter()
+        request_load(url, clients, 1_000_000, "latest", token, keep_alive=keep_alive,
+                     duration=fps_seconds)
+        n1, t1 = frames_total(url, token), time.perf_counter()
+        loaded.append(round((n1 - n0) / (t1 - t0), 2))
     load = request_load(url, clients, requests, "latest", token, keep_alive=keep_alive)
-    n1, t1 = frames_total(url, token), time.perf_counter()
-    loaded = round((n1 - n0) / (t1 - t0), 2)
     stream = viewer_after_stalled(url, stalled, token)
-    doc = {"url": url, "keep_alive": keep_alive, "quiet_fps": quiet, "loaded_fps": loaded,
-           "fps_ratio": round(loaded / quiet, 3) if quiet else None,
-           "latest": asdict(load), "stream": asdict(stream), "cpus": os.cpu_count()}
+    q, ld = statistics.median(quiet), statistics.median(loaded)
+    doc = {"url": url, "keep_alive": keep_alive, "quiet_fps": q, "loaded_fps": ld,
+           "fps_ratio": round(ld / q, 3) if q else None, "quiet_fps_rounds": quiet,
+           "loaded_fps_rounds": loaded, "latest": asdict(load), "stream": asdict(stream),
+           "cpus": os.cpu_count(), "load_average": _load_average()}
     doc["goals"] = GOALS
     doc["met"] = {
         "timeouts": load.timeouts == GOALS["timeouts"] and load.errors == 0,
@@ -278,6 +297,14 @@ def measure(url: str, token: str | None = None, clients: int = 50, requests: int
         "first_frame_s": stream.first_frame_s is not None
         and stream.first_frame_s <= GOALS["first_frame_s"]}
     return doc
+
+
+def _load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (other work skews every number here)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def write_video(path: Path, frames: int = 90, size: tuple[int, int] = (320, 240)) -> Path:
@@ -377,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="non-reading /stream.mjpg clients (default: %(default)s)")
     p.add_argument("--fps-seconds", type=_positive_float, default=4.0,
                    help="seconds over which the quiet fps is taken (default: %(default)s)")
+    p.add_argument("--rounds", type=_positive_int, default=3,
+                   help="quiet/loaded fps window pairs, medians reported (default: %(default)s)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--strict", action="store_true", help="exit 3 when a goal is missed")
     return p
@@ -388,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         knobs = {"clients": args.clients, "requests": args.requests,
                  "stalled": args.stalled, "fps_seconds": args.fps_seconds,
-                 "keep_alive": args.keep_alive}
+                 "keep_alive": args.keep_alive, "rounds": args.rounds}
         if args.url:
             doc = measure(args.url, args.token, **knobs)
         else:

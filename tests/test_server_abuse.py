@@ -300,9 +300,10 @@ def test_http_load_benchmark_measures_a_running_server(serve, capsys):
 
     srv = serve(max_clients=2)
     assert main(["--url", srv.url, "--clients", "5", "--requests", "2", "--stalled", "3",
-                 "--fps-seconds", "0.5"]) == 0
+                 "--fps-seconds", "0.5", "--rounds", "1"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["latest"]["ok"] == 10 and doc["latest"]["timeouts"] == 0
+    assert doc["latest"]["ok"] == 10 and doc["latest"]["requests"] == 10
+    assert doc["latest"]["timeouts"] == 0 and len(doc["loaded_fps_rounds"]) == 1
     assert 10 < doc["quiet_fps"] < 40  # the feeder publishes 30 frames a second
     assert doc["stream"]["status"] == 200 and doc["stream"]["first_frame_s"] < 1.0
     assert set(doc["met"]) == {"timeouts", "p99_ms", "fps_ratio", "first_frame_s"}
