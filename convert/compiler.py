@@ -7,13 +7,13 @@ import platform
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_runtime.errors import EdgekitError
 
 from .compiler_log import parse_compiler_log
+from .workdir import work_dir
 
 INSTALL_HINT = (
     "edgetpu_compiler not found on PATH: it runs only on x86-64 Linux; add Coral's apt "
@@ -68,10 +68,8 @@ def compile_edgetpu(model_path: str | Path, out_dir: str | Path,
     model_path, out_dir = Path(model_path), Path(out_dir)
     if not model_path.is_file():
         raise EdgekitError(f"model not found: {model_path}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".edgetpu-", dir=out_dir))
-    cmd = (exe, "-s", "-o", str(work), str(model_path))
-    try:
+    with work_dir(out_dir, ".edgetpu-") as work:
+        cmd = (exe, "-s", "-o", str(work), str(model_path))
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -84,10 +82,8 @@ def compile_edgetpu(model_path: str | Path, out_dir: str | Path,
             why = next((ln for ln in lines if re.search(r"fail|error", ln, re.I)), lines[-1])
             raise EdgekitError(f"edgetpu_compiler failed on {model_path.name} "
                                f"(exit {proc.returncode}): {why}")
-        for f in sorted(work.iterdir(), key=lambda f: f.suffix != ".log"):  # model last
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for f in sorted(work.glob("*_edgetpu.*"), key=lambda f: f.suffix != ".log"):
+            os.replace(f, out_dir / f.name)  # the model last: its presence means complete
     info = parse_compiler_log(log)
     output = out_dir / made[0].name
     log_path = output.with_suffix(".log")

@@ -11,16 +11,15 @@ import numpy as np
 
 from edge_runtime.errors import EdgekitError
 
+from .quantization import Quantization
+
 Representative = Callable[[], Iterable[list[np.ndarray]]]
 
 
 def _converter(saved_model: Path, representative: Representative):
-    import tensorflow as tf
-
-    c = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = representative
-    return c
+    # The debugger quantizes itself from a calibrated float model: float io here; the
+    # requested io is set on its result (set_io).
+    return Quantization.int8(representative, io="float").converter(saved_model)
 
 
 def layer_errors(saved_model: Path, representative: Representative, top: int = 5) -> list[dict]:
@@ -34,11 +33,12 @@ def layer_errors(saved_model: Path, representative: Representative, top: int = 5
 
     import tensorflow as tf
 
-    # The debugger runs models with tf.lite.Interpreter, which warns that it is deprecated.
-    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=_converter(saved_model, representative), debug_dataset=representative)
-    debugger.run()
+    with warnings.catch_warnings():
+        # The debugger runs models with tf.lite.Interpreter, which warns it is deprecated.
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=_converter(saved_model, representative), debug_dataset=representative)
+        debugger.run()
     buf = io.StringIO()
     debugger.layer_statistics_dump(buf)
     rows = []
@@ -84,15 +84,40 @@ def resolve_layers(requested: list[str], known: list[str]) -> list[str]:
 
 
 def selective_int8(saved_model: Path, representative: Representative,
-                   float_layers: list[str]) -> bytes:
-    """An int8 model with ``float_layers`` kept in float (int8 input and output)."""
+                   float_layers: list[str], io: str = "uint8") -> bytes:
+    """An int8 model with ``float_layers`` kept in float, with ``io`` input and output.
+
+    Raises:
+        EdgekitError: a name matches no tensor or several, or ``io`` cannot be set.
+    """
     import tensorflow as tf
 
     known = [r["tensor"] for r in layer_errors(saved_model, representative, top=10_000)]
     nodes = resolve_layers(float_layers, known)
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes,
-                                                            fully_quantize=True)
+                                                            fully_quantize=False)
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=_converter(saved_model, representative), debug_dataset=representative,
         debug_options=options)
-    return debugger.get_nondebug_quantized_model()
+    return set_io(debugger.get_nondebug_quantized_model(), io)
+
+
+def set_io(model: bytes, io: str) -> bytes:
+    """``model`` (float input and output around int8 ops) with ``io`` input and output: the
+    boundary QUANTIZE/DEQUANTIZE removed, as TFLiteConverter does for
+    ``inference_input_type``.
+
+    Raises:
+        EdgekitError: the model's input or output is not quantized.
+    """
+    if io == "float":
+        return model
+    import tensorflow as tf
+    from tensorflow.lite.python import util
+
+    dtype = {"uint8": tf.uint8, "int8": tf.int8}[io]
+    try:
+        return bytes(util.modify_model_io_type(model, dtype, dtype))
+    except (ValueError, RuntimeError) as e:
+        raise EdgekitError(f"cannot give the selectively quantized model {io} input and "
+                           f"output ({e}); pass --io float") from None

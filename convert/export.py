@@ -1,15 +1,20 @@
-"""Converts a trained model to TFLite variants and proves each one still classifies."""
+"""Converts a trained model to TFLite variants and proves each one still classifies.
+
+The stages, each with explicit inputs: :func:`plan_variants` (what will be built, and
+why anything was added), the reference model and held-out images, :func:`convert_variant`
+per variant, the manifest and labels beside the models, :func:`evaluate` on the held-out
+split, :func:`accuracy_promise` (``--max-drop``), :func:`edgetpu_stage`, the report.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,8 +26,9 @@ from edge_runtime.metadata import embed_manifest
 from edge_runtime.runs import load_arrays
 
 from .evaluate import add_deltas, format_table, run_model, score, to_markdown, worst_classes
-from .quantization import Quantization
+from .quantization import IO_TYPES, Quantization, parse_variants
 from .source import Source, load_reference, open_source
+from .workdir import remove_stale, signals_interrupt, work_dir
 
 DEFAULT_VARIANTS = ("float32", "int8", "edgetpu")
 
@@ -37,14 +43,49 @@ class ExportResult:
     failed: str | None = None
 
 
-def _progress(done: int, total: int, what: str) -> None:
-    """A one-line progress counter on a terminal; just the final count otherwise."""
-    tty = sys.stderr.isatty()
-    if tty and (done == total or done % max(1, total // 20) == 0):
-        print(f"\r{what}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr,
-              flush=True)
-    elif not tty and done == total:
-        print(f"{what}: {done}/{total}", file=sys.stderr)
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to build and what to promise; validated when made.
+
+    Attributes:
+        variants: among float32, float16, dynamic, int8, edgetpu, in order.
+        calib: int8 calibration images, stratified from the training split (>= 1).
+        io: int8 model input/output type: "uint8" (Edge TPU), "int8" or "float".
+        max_drop: fail when int8 top-1 is more than this many points below float32;
+            None: no check.
+        float_layers: tensors to keep in float in the int8 model (selective quantization).
+        allow_cpu_fallback: accept an Edge TPU model with ops left on the CPU.
+    """
+
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    calib: int = 300
+    io: str = "uint8"
+    max_drop: float | None = 2.0
+    float_layers: tuple[str, ...] = field(default=())
+    allow_cpu_fallback: bool = False
+
+    def __post_init__(self) -> None:
+        parse_variants(",".join(self.variants))  # names them when unknown
+        if self.calib < 1:
+            raise EdgekitError(f"--calib must be >= 1, got {self.calib}")
+        if self.io not in IO_TYPES:
+            raise EdgekitError(f"--io {self.io!r}, expected one of {', '.join(IO_TYPES)}")
+        if self.float_layers and not {"int8", "edgetpu"} & set(self.variants):
+            raise EdgekitError("--float-layers applies to the int8 model, but --variants "
+                               f"{','.join(self.variants)} has no int8")
+
+
+def plan_variants(variants: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The variants to build, in order, and a note for each one added to what was asked.
+
+    The Edge TPU model is compiled from the int8 one, so ``edgetpu`` needs ``int8``.
+    """
+    planned, notes = list(dict.fromkeys(variants)), []
+    if "edgetpu" in planned and "int8" not in planned:
+        planned.insert(planned.index("edgetpu"), "int8")
+        notes.append("the Edge TPU model is compiled from the int8 model: int8 added to the "
+                     "variants")
+    return planned, notes
 
 
 def representative_dataset(root: Path, items: list[tuple[str, int]], size: tuple[int, int],
@@ -67,10 +108,11 @@ def representative_dataset(root: Path, items: list[tuple[str, int]], size: tuple
         for ci in sorted(by_class):
             if by_class[ci] and len(chosen) < count:
                 chosen.append((by_class[ci].pop(), ci))
-    images = []
-    for i, item in enumerate(chosen, 1):
-        images.append(load_arrays(root, [item], size, resize, interpolation)[0])
-        _progress(i, len(chosen), "calibration images")
+    from tqdm import tqdm
+
+    images = [load_arrays(root, [item], size, resize, interpolation)[0]
+              for item in tqdm(chosen, desc="calibration images", unit="img", leave=False,
+                               file=sys.stderr, disable=None)]  # None: only on a terminal
     images = [im for im in images if len(im)]
 
     def gen():
@@ -111,10 +153,7 @@ def saved_model_for(model, size: tuple[int, int], out_dir: Path, loaded=None) ->
 
 def convert_one(saved_model: Path, quant: Quantization) -> bytes:
     """Converts a SavedModel to a TFLite flatbuffer with ``quant`` applied."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    quant.apply(converter)
+    converter = quant.converter(saved_model)
     try:
         return converter.convert()
     except Exception as e:  # noqa: BLE001 - converter errors are many and verbose
@@ -139,9 +178,9 @@ def _exported_manifest(src: Source, provenance: dict, quant: dict | None) -> Man
 
 
 def _io_quantization(data: bytes) -> dict:
-    from ai_edge_litert.interpreter import Interpreter
+    from edge_runtime.backend import backend
 
-    it = Interpreter(model_content=data)
+    it = backend().interpreter_cls(model_content=data)
     i, o = it.get_input_details()[0], it.get_output_details()[0]
     return {"input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]),
                       "zero_point": int(i["quantization"][1])},
@@ -149,26 +188,139 @@ def _io_quantization(data: bytes) -> dict:
                        "zero_point": int(o["quantization"][1])}}
 
 
-def _edgetpu(int8_path: Path, export_dir: Path, row: dict) -> Path | None:
-    """Lints the int8 model for the Edge TPU and compiles it when the compiler is here."""
-    from . import edgetpu
+@dataclass(frozen=True)
+class Reference:
+    """The source model's outputs on the held-out images (``probs`` None without data)."""
 
-    lint = edgetpu.lint_model(int8_path)
-    row["lint"] = edgetpu.lint_summary(lint)
+    predict: Any
+    model: Any
+    loaded: Any
+    images: np.ndarray
+    labels: np.ndarray
+    skipped: list[str]
+    probs: np.ndarray | None
+
+
+def reference(src: Source) -> Reference:
+    """Loads the source model and runs it on the held-out split."""
+    predict, model, loaded = load_reference(src)
+    x_te, y_te, skipped = src.test_arrays()
+    return Reference(predict, model, loaded, x_te, y_te, skipped,
+                     predict(x_te) if len(x_te) else None)
+
+
+def calibration(src: Source, options: ExportOptions):
+    """The int8 calibration generator factory and its image count.
+
+    Raises:
+        EdgekitError: the source has no training images.
+    """
+    if src.split is None:
+        raise EdgekitError("int8 needs calibration images: pass --data DIR")
+    rep, n = representative_dataset(src.data_root, src.split.train,
+                                    tuple(src.manifest.input_size), options.calib, src.seed,
+                                    src.manifest.resize, src.manifest.interpolation)
+    if n < min(100, options.calib):
+        print(f"warning: only {n} calibration images (fewer than 100)", file=sys.stderr)
+    return rep, n
+
+
+def convert_variant(name: str, saved: Path, options: ExportOptions, rep=None,
+                    calibration_images: int = 0) -> tuple[bytes, dict | None]:
+    """One variant's flatbuffer and, for int8, its quantization facts.
+
+    Raises:
+        EdgekitError: conversion failed, or the int8 model's input/output type is not the
+            requested ``options.io`` (never changed silently).
+    """
+    if name != "int8":
+        return convert_one(saved, getattr(Quantization, name)()), None
+    if options.float_layers:
+        from .debug import selective_int8
+
+        data = selective_int8(saved, rep, list(options.float_layers), options.io)
+    else:
+        data = convert_one(saved, Quantization.int8(rep, options.io))
+    info = {"calibration_images": calibration_images, "io": options.io,
+            "float_layers": list(options.float_layers), **_io_quantization(data)}
+    want = "float32" if options.io == "float" else options.io
+    got = {info["input"]["dtype"], info["output"]["dtype"]}
+    if got != {want}:
+        raise EdgekitError(f"the int8 model has {'/'.join(sorted(got))} input/output, "
+                           f"--io asked for {options.io}")
+    return data, info
+
+
+def evaluate(models: dict[str, Path], ref: Reference, classes: list[str]) -> dict[str, dict]:
+    """Each model's scores on the held-out split and its change vs float32."""
+    rows = {name: score(run_model(path, ref.images), ref.labels, ref.probs, classes)
+            for name, path in models.items()}
+    add_deltas(rows)
+    return rows
+
+
+def accuracy_promise(rows: dict[str, dict], max_drop: float | None, saved: Path,
+                     rep) -> tuple[str | None, list[dict] | None]:
+    """Whether int8 kept within ``max_drop`` points of float32; when not, why (the worst
+    classes) and the layers with the largest quantization error.
+
+    Returns:
+        (failure message or None, quantization debugger rows or None).
+    """
+    int8 = rows.get("int8", {})
+    if max_drop is None or int8.get("top1_drop_points", 0.0) <= max_drop:
+        return None, None
+    worst = ", ".join(f"{c} {d:+.1f}" for c, d in worst_classes(int8)) or "none"
+    failed = (f"int8 top-1 is {int8['top1_drop_points']:.2f} points below float32 "
+              f"(limit {max_drop}); worst classes: {worst}")
+    if rep is None:
+        return failed, None
+    from .debug import layer_errors
+
+    print("running TensorFlow's quantization debugger ...", file=sys.stderr)
+    layers = layer_errors(saved, rep)
+    return (failed + "; layers with the largest error: " + ", ".join(
+        r["short_name"] for r in layers[:3]) + " (keep some in float with --float-layers)",
+        layers)
+
+
+def edgetpu_stage(int8_path: Path, export_dir: Path, allow_cpu_fallback: bool
+                  ) -> tuple[dict, Path | None, str | None]:
+    """Lints the int8 model for the Edge TPU and compiles it when the compiler is here.
+
+    Returns:
+        (report row, compiled model or None, failure message or None).
+    """
+    from .compiler import compile_edgetpu
+    from .lint import lint_model, lint_summary
+
+    row: dict = {"lint": lint_summary(lint_model(int8_path))}
     try:
-        result = edgetpu.compile_edgetpu(int8_path, export_dir)
-    except EdgekitError as e:  # the other variants are fine; report the failure, don't lose them
+        result = compile_edgetpu(int8_path, export_dir)
+    except EdgekitError as e:  # the other variants are fine; report the failure, keep them
         print(f"edgetpu: {e}", file=sys.stderr)
         row["status"] = f"failed: {e}"
-        return None
+        return row, None, f"Edge TPU compilation {row['status']}"
     if not result.available:
         print(f"edgetpu: skipped: {result.message}", file=sys.stderr)
-        row["status"] = "skipped: edgetpu_compiler not installed"
-        row["message"] = result.message
-        return None
-    row["compiler"] = result.to_dict()
-    row["status"] = "compiled"
-    return result.output_path
+        row.update(status="skipped: edgetpu_compiler not installed", message=result.message)
+        return row, None, None
+    row.update(compiler=result.to_dict(), status="compiled",
+               size_bytes=result.output_path.stat().st_size)
+    cpu_ops = row["compiler"].get("cpu_ops", 0)
+    failed = None
+    if cpu_ops and not allow_cpu_fallback:
+        failed = (f"{cpu_ops} op(s) of the Edge TPU model run on the CPU (see "
+                  "convert_report.md); pass --allow-cpu-fallback to accept")
+    return row, result.output_path, failed
+
+
+def _keras_row(src: Source, ref: Reference, classes: list[str]) -> dict:
+    row = score(ref.probs, ref.labels, ref.probs, classes)
+    size = src.path.stat().st_size if src.path.is_file() else sum(
+        p.stat().st_size for p in src.path.rglob("*") if p.is_file())
+    return {"top1": row["top1"], **({"top5": row["top5"]} if "top5" in row else {}),
+            "size_bytes": size}
 
 
 def export(target: str | Path, variants: list[str] | None = None, calib: int = 300,
@@ -178,135 +330,97 @@ def export(target: str | Path, variants: list[str] | None = None, calib: int = 3
            allow_cpu_fallback: bool = False) -> ExportResult:
     """Writes TFLite variants and checks each on the held-out split.
 
-    Every model gets the manifest embedded in its metadata and beside it; each is run with
-    the TFLite interpreter (edgekit's runtime preprocessing) on the held-out images:
-    top-1/top-5, agreement with the source model, per-class accuracy and its change vs
-    float32, probability error. ``convert_report.json`` and ``.md`` hold the results.
+    The keyword form of :func:`export_source`: ``variants`` to ``allow_cpu_fallback`` make
+    the :class:`ExportOptions`, ``labels`` to ``out`` find the :class:`Source`.
 
     Args:
         target: a run folder, a ``.keras`` file or a SavedModel folder.
-        variants: among float32, float16, dynamic, int8, edgetpu (edgetpu implies int8).
-        calib: calibration images for int8, stratified from the training split.
-        io: int8 model input/output type: uint8 (Edge TPU), int8 or float.
-        max_drop: fail (``ExportResult.failed``) when int8 top-1 is more than this many
-            points below float32; None disables the check.
-        float_layers: tensors to keep in float in the int8 model (selective quantization).
-        labels, img_size, data, out: for a model not made by ``train``.
-        allow_cpu_fallback: accept an Edge TPU model with ops left on the CPU.
+        variants, calib, io, max_drop, float_layers, allow_cpu_fallback: see
+            :class:`ExportOptions`.
+        labels, img_size, data, out: for a model not made by ``train``
+            (see :func:`convert.source.open_source`).
+
+    Raises:
+        EdgekitError: unusable input or a failed conversion.
+    """
+    options = ExportOptions(tuple(variants or DEFAULT_VARIANTS), calib, io, max_drop,
+                            tuple(float_layers or ()), allow_cpu_fallback)
+    return export_source(open_source(target, labels, img_size, data, out), options)
+
+
+def export_source(src: Source, options: ExportOptions) -> ExportResult:
+    """Every model gets the manifest embedded in its metadata and beside it; each is run
+    with the TFLite interpreter (edgekit's runtime preprocessing) on the held-out images:
+    top-1/top-5, agreement with the source model, per-class accuracy and its change vs
+    float32, probability error. ``convert_report.json`` and ``.md`` hold the results.
 
     Raises:
         EdgekitError: unusable input or a failed conversion.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    variants = list(variants or DEFAULT_VARIANTS)
-    if "edgetpu" in variants and "int8" not in variants:
-        variants.insert(variants.index("edgetpu"), "int8")
-    src = open_source(target, labels, img_size, data, out)
-    predict, model, loaded = load_reference(src)
+    variants, notes = plan_variants(options.variants)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     export_dir = src.export_dir
     export_dir.mkdir(parents=True, exist_ok=True)
-    size = tuple(src.manifest.input_size)
-    x_te, y_te, skipped = src.test_arrays()
-    reference = predict(x_te) if len(x_te) else None
+    stale = remove_stale(export_dir)
+    if stale:
+        print(f"removed {len(stale)} work folder(s) an interrupted convert left in "
+              f"{export_dir}", file=sys.stderr)
+    ref = reference(src)
+    classes = src.manifest.labels
     provenance = {"source": str(src.path.resolve()), "source_sha256": src.sha256(),
                   "tensorflow": _tf_version(),
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     rows: dict[str, dict] = {}
     models: dict[str, Path] = {}
-    work = Path(tempfile.mkdtemp(prefix=".savedmodel-", dir=export_dir))
-    try:
-        saved = saved_model_for(model, size, work / "saved_model", loaded)
-        rep = None
+    with signals_interrupt(), work_dir(export_dir, ".savedmodel-") as work:
+        saved = saved_model_for(ref.model, tuple(src.manifest.input_size),
+                                work / "saved_model", ref.loaded)
+        rep = n = None
+        if "int8" in variants:
+            rep, n = calibration(src, options)
         for name in [v for v in variants if v != "edgetpu"]:
-            quant_info = None
             t0 = time.time()
-            if name == "int8":
-                if src.split is None:
-                    raise EdgekitError("int8 needs calibration images: pass --data DIR")
-                rep, n = representative_dataset(src.data_root, src.split.train, size, calib,
-                                                src.seed, src.manifest.resize,
-                                                src.manifest.interpolation)
-                if n < min(100, calib):
-                    print(f"warning: only {n} calibration images (fewer than 100)",
-                          file=sys.stderr)
-                if float_layers:
-                    from .debug import selective_int8
-
-                    data_bytes = selective_int8(saved, rep, float_layers)
-                else:
-                    data_bytes = convert_one(saved, Quantization.int8(rep, io))
-                quant_info = {"calibration_images": n, "io": "int8" if float_layers else io,
-                              "float_layers": float_layers or [],
-                              **_io_quantization(data_bytes)}
-            else:
-                data_bytes = convert_one(saved, getattr(Quantization, name)())
+            data, quant_info = convert_variant(name, saved, options, rep, n or 0)
             seconds = time.time() - t0
-            manifest = _exported_manifest(src, provenance, quant_info)
-            data_bytes = embed_manifest(data_bytes, manifest.to_dict())
-            path = export_dir / f"model_{name}.tflite"
-            write_bytes(path, data_bytes)
-            models[name] = path
-            rows[name] = {"file": path.name, "convert_seconds": round(seconds, 2),
-                          "size_bytes": len(data_bytes), **(quant_info or {})}
-            print(f"{name}: converted in {seconds:.1f} s ({len(data_bytes) / 1024:.0f} KB)",
+            data = embed_manifest(data, _exported_manifest(src, provenance,
+                                                           quant_info).to_dict())
+            models[name] = export_dir / f"model_{name}.tflite"
+            write_bytes(models[name], data)
+            rows[name] = {"file": models[name].name, "convert_seconds": round(seconds, 2),
+                          "size_bytes": len(data), **(quant_info or {})}
+            print(f"{name}: converted in {seconds:.1f} s ({len(data) / 1024:.0f} KB)",
                   file=sys.stderr)
 
         beside = _exported_manifest(src, provenance, None)
         beside.extra["variants"] = {k: {"file": v.name, "sha256": src.sha256_of(v)}
                                     for k, v in models.items()}
         beside.save(export_dir / "manifest.json")
-        write_labels(export_dir / "labels.txt", src.manifest.labels)
+        write_labels(export_dir / "labels.txt", classes)
 
-        if reference is not None:
-            for name, path in models.items():
-                rows[name].update(score(run_model(path, x_te), y_te, reference,
-                                        src.manifest.labels))
-            add_deltas(rows)
-        report = {"source": str(src.path), "origin": src.origin, "test_images": int(len(y_te)),
-                  "skipped": skipped, "variants": rows}
-        if reference is not None:
-            keras_row = score(reference, y_te, reference, src.manifest.labels)
-            report["keras"] = {"top1": keras_row["top1"], **(
-                {"top5": keras_row["top5"]} if "top5" in keras_row else {}),
-                "size_bytes": src.path.stat().st_size if src.path.is_file() else None}
-            if report["keras"]["size_bytes"] is None:
-                report["keras"]["size_bytes"] = sum(
-                    p.stat().st_size for p in src.path.rglob("*") if p.is_file())
-
+        report: dict[str, Any] = {"source": str(src.path), "origin": src.origin,
+                                  "test_images": int(len(ref.labels)), "skipped": ref.skipped,
+                                  "notes": notes, "variants": rows}
         failed = None
-        int8 = rows.get("int8", {})
-        if max_drop is not None and int8.get("top1_drop_points", 0.0) > max_drop:
-            worst = ", ".join(f"{c} {d:+.1f}" for c, d in worst_classes(int8)) or "none"
-            failed = (f"int8 top-1 is {int8['top1_drop_points']:.2f} points below float32 "
-                      f"(limit {max_drop}); worst classes: {worst}")
-            if rep is not None:
-                from .debug import layer_errors
-
-                print("running TensorFlow's quantization debugger ...", file=sys.stderr)
-                report["quantization_debugger"] = layer_errors(saved, rep)
-                failed += "; layers with the largest error: " + ", ".join(
-                    r["short_name"] for r in report["quantization_debugger"][:3]) + \
-                    " (keep some in float with --float-layers)"
-
-        if "edgetpu" in variants:
-            row: dict = {}
-            compiled = _edgetpu(models["int8"], export_dir, row)
-            if compiled is not None:
-                models["edgetpu"] = compiled
-                row["size_bytes"] = compiled.stat().st_size
-                cpu_ops = row["compiler"].get("cpu_ops", 0)
-                if cpu_ops and not allow_cpu_fallback and failed is None:
-                    failed = (f"{cpu_ops} op(s) of the Edge TPU model run on the CPU (see "
-                              "convert_report.md); pass --allow-cpu-fallback to accept")
-            if row.get("status", "").startswith("failed") and failed is None:
-                failed = f"Edge TPU compilation {row['status']}"
-            rows["edgetpu"] = row
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if ref.probs is not None:
+            for name, scores in evaluate(models, ref, classes).items():
+                rows[name].update(scores)
+            report["keras"] = _keras_row(src, ref, classes)
+            failed, layers = accuracy_promise(rows, options.max_drop, saved, rep)
+            if layers is not None:
+                report["quantization_debugger"] = layers
+    if "edgetpu" in variants:
+        rows["edgetpu"], compiled, tpu_failed = edgetpu_stage(models["int8"], export_dir,
+                                                              options.allow_cpu_fallback)
+        if compiled is not None:
+            models["edgetpu"] = compiled
+        failed = failed or tpu_failed
     report["failed"] = failed
     write_json(export_dir / "convert_report.json", report)
     write_text(export_dir / "convert_report.md", to_markdown(report))
     return ExportResult(export_dir, models, report, failed)
 
 
-__all__ = ["DEFAULT_VARIANTS", "ExportResult", "export", "format_table"]
+__all__ = ["DEFAULT_VARIANTS", "ExportOptions", "ExportResult", "export", "export_source",
+           "format_table", "plan_variants"]

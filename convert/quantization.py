@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,15 @@ class Quantization:
              io: str = "uint8") -> Quantization:
         """Full-integer int8 with calibrated activations; ``io`` sets input/output types."""
         return cls("int8", "int8", io, representative)
+
+    def converter(self, saved_model: str | Path) -> Any:
+        """A ``tf.lite.TFLiteConverter`` for ``saved_model`` set up for this variant: every
+        converter edgekit uses (the quantization debugger's too) is made here."""
+        import tensorflow as tf
+
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+        self.apply(converter)
+        return converter
 
     def apply(self, converter: Any) -> None:
         """Configures a ``tf.lite.TFLiteConverter`` for this variant."""

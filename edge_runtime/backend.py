@@ -26,7 +26,7 @@ EDGETPU_LIBRARY = {
 _CANDIDATES = (
     ("ai-edge-litert", "ai_edge_litert.interpreter"),
     ("tflite-runtime", "tflite_runtime.interpreter"),
-    ("tensorflow", "tensorflow.lite"),
+    ("tensorflow", "tensorflow"),  # tf.lite is an attribute, not an importable module
 )
 
 
@@ -71,8 +71,8 @@ def backend() -> Backend:
         if dist == "tensorflow":
             # The distribution may be tensorflow-cpu (so ask the module for its version),
             # and tf.lite keeps load_delegate under experimental.
-            tf_version = getattr(importlib.import_module("tensorflow"), "__version__", "unknown")
-            return Backend(dist, tf_version, mod.Interpreter, mod.experimental.load_delegate)
+            return Backend(dist, getattr(mod, "__version__", "unknown"), mod.lite.Interpreter,
+                           mod.lite.experimental.load_delegate)
         return Backend(dist, _version(dist), mod.Interpreter, mod.load_delegate)
     raise EdgekitError("no TFLite interpreter found: pip install ai-edge-litert "
                        "(or tflite-runtime on older boards)")
