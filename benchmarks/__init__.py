@@ -1,6 +1,25 @@
 """Benchmarks: latency, memory, accuracy and the camera pipeline for every exported variant
 (``python -m benchmarks``); results schema in ``benchmarks/SCHEMA.md``."""
 
-from .core import benchmark, run
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core import benchmark, run
+
+# Imported on first use (PEP 562): ``python -m`` runs this file before ``__main__``, which
+# must install the signal handlers before anything heavy loads.
+_LAZY = {"benchmark": ".core", "run": ".core"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["benchmark", "run"]

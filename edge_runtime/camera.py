@@ -175,3 +175,27 @@ _FLIP_CODES = {"horizontal": 1, "vertical": 0, "rotate180": -1}
 def flip_code(flip: str) -> int | None:
     """The ``cv2.flip`` code for a profile's flip setting (None: no flip)."""
     return _FLIP_CODES.get(flip)
+
+
+_NVVIDCONV_FLIP = {"none": 0, "rotate180": 2, "horizontal": 4, "vertical": 6}
+
+
+def jetson_csi_pipeline(sensor_id: int = 0, sensor_mode: int | None = None,
+                        width: int | None = None, height: int | None = None,
+                        fps: float | None = None, flip: str = "none") -> str:
+    """The GStreamer pipeline for a Jetson CSI camera (``nvarguscamerasrc``), BGR frames.
+
+    Args:
+        sensor_id: the CSI sensor.
+        sensor_mode: the sensor mode (None: automatic).
+        width: capture width (None: 1280).
+        height: capture height (None: 720).
+        fps: frame rate (None: 30).
+        flip: "none", "horizontal", "vertical" or "rotate180", done by ``nvvidconv``.
+    """
+    w, h, rate = width or 1280, height or 720, round(fps or 30)
+    mode = f" sensor-mode={sensor_mode}" if sensor_mode is not None else ""
+    return (f"nvarguscamerasrc sensor-id={sensor_id}{mode} ! "
+            f"video/x-raw(memory:NVMM),width={w},height={h},framerate={rate}/1 ! "
+            f"nvvidconv flip-method={_NVVIDCONV_FLIP[flip]} ! video/x-raw,format=BGRx ! "
+            "videoconvert ! video/x-raw,format=BGR ! appsink drop=true max-buffers=1")

@@ -1,23 +1,52 @@
 """Device profiles: YAML files loaded into typed, validated settings.
 
-Precedence, highest first: command-line flags and ``--set section.key=value`` >
+Precedence, highest first: command-line flags > ``--set section.key=value`` >
 environment variables ``EDGEKIT_<SECTION>_<KEY>`` (e.g. ``EDGEKIT_MODEL_THREADS=2``,
 ``EDGEKIT_HTTP_TOKEN=...``) > the profile file > the defaults below. An unknown key or a
 bad value is an error naming the file (or layer) and the field. List fields (``classify.allow``,
 ``classify.deny``) take a YAML list, or a comma-separated string from ``--set``/environment.
+
+A profile is data, never code or a puzzle: at most :data:`MAX_PROFILE_BYTES`, plain YAML
+without anchors/aliases (``&a``/``*a``, which let 600 bytes expand to gigabytes), and no
+key given twice (a second ``camera:`` would otherwise silently replace the first).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgekitError
+from .errors import EdgekitError, brief
+
+MAX_PROFILE_BYTES = 256 * 1024  # shipped profiles are ~2 KB
+INTERPOLATIONS = ("linear", "area")  # as edge_runtime.preprocess.INTERPOLATIONS
+DELEGATES = ("cpu", "edgetpu")
+FLIPS = ("none", "horizontal", "vertical", "rotate180")
+
+
+def max_threads() -> int:
+    """The most interpreter threads accepted: 4 x the CPU cores (more only thrashes, and
+    an absurd count makes the interpreter fail to start threads and crash)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` when None or within 1..:func:`max_threads`.
+
+    Raises:
+        ValueError: out of range, quoting the value and the bound.
+    """
+    if threads is not None and not 1 <= threads <= max_threads():
+        raise ValueError(f"threads {brief(threads)}, expected 1..{max_threads()} "
+                         f"(4 x {os.cpu_count() or 1} CPU cores)")
+    return threads
 
 
 @dataclass(frozen=True)
@@ -43,13 +72,12 @@ class ModelSettings:
     interpolation: str | None = None
 
     def __post_init__(self) -> None:
-        if self.interpolation is not None and self.interpolation not in ("linear", "area"):
-            raise ValueError(f"interpolation {self.interpolation!r}, expected 'linear' or "
-                             "'area'")
-        if self.delegate not in ("cpu", "edgetpu"):
-            raise ValueError(f"delegate {self.delegate!r}, expected 'cpu' or 'edgetpu'")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads {self.threads}, expected >= 1")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {brief(self.interpolation)}, expected 'linear' "
+                             "or 'area'")
+        if self.delegate not in DELEGATES:
+            raise ValueError(f"delegate {brief(self.delegate)}, expected 'cpu' or 'edgetpu'")
+        check_threads(self.threads)
 
 
 @dataclass(frozen=True)
@@ -85,28 +113,25 @@ class CameraSettings:
     read_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.flip not in ("none", "horizontal", "vertical", "rotate180"):
-            raise ValueError(f"flip {self.flip!r}, expected none, horizontal, vertical or "
-                             "rotate180")
+        if self.flip not in FLIPS:
+            raise ValueError(f"flip {brief(self.flip)}, expected none, horizontal, vertical "
+                             "or rotate180")
         for name in ("width", "height", "fps"):
             v = getattr(self, name)
             if v is not None and v <= 0:
-                raise ValueError(f"{name} {v}, expected >= 1")
+                raise ValueError(f"{name} {brief(v)}, expected >= 1")
         for name in ("open_timeout_s", "read_timeout_s"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} {getattr(self, name)}, expected > 0")
+                raise ValueError(f"{name} {brief(getattr(self, name))}, expected > 0")
 
     def source_string(self) -> str:
         """The source string for :func:`edge_runtime.camera.parse_source`."""
         if self.source != "csi":
             return self.source
-        w, h, fps = self.width or 1280, self.height or 720, round(self.fps or 30)
-        flip = {"none": 0, "rotate180": 2, "horizontal": 4, "vertical": 6}[self.flip]
-        mode = f" sensor-mode={self.sensor_mode}" if self.sensor_mode is not None else ""
-        return (f"nvarguscamerasrc sensor-id={self.sensor_id}{mode} ! "
-                f"video/x-raw(memory:NVMM),width={w},height={h},framerate={fps}/1 ! "
-                f"nvvidconv flip-method={flip} ! video/x-raw,format=BGRx ! videoconvert ! "
-                "video/x-raw,format=BGR ! appsink drop=true max-buffers=1")
+        from .camera import jetson_csi_pipeline  # OpenCV: only when a source is opened
+
+        return jetson_csi_pipeline(self.sensor_id, self.sensor_mode, self.width, self.height,
+                                   self.fps, self.flip)
 
 
 @dataclass(frozen=True)
@@ -127,9 +152,9 @@ class ClassifySettings:
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
-            raise ValueError(f"top_k {self.top_k}, expected >= 1")
+            raise ValueError(f"top_k {brief(self.top_k)}, expected >= 1")
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold {self.threshold}, expected 0..1")
+            raise ValueError(f"threshold {brief(self.threshold)}, expected 0..1")
         both = set(self.allow) & set(self.deny)
         if both:
             raise ValueError(f"labels both allowed and denied: {sorted(both)}")
@@ -150,9 +175,9 @@ class SmoothingSettings:
 
     def __post_init__(self) -> None:
         if self.window < 1:
-            raise ValueError(f"window {self.window}, expected >= 1")
+            raise ValueError(f"window {brief(self.window)}, expected >= 1")
         if not 0.0 <= self.hysteresis < 1.0:
-            raise ValueError(f"hysteresis {self.hysteresis}, expected 0 <= h < 1")
+            raise ValueError(f"hysteresis {brief(self.hysteresis)}, expected 0 <= h < 1")
 
 
 @dataclass(frozen=True)
@@ -175,9 +200,9 @@ class OutputSettings:
 
     def __post_init__(self) -> None:
         if self.max_bytes < 0:
-            raise ValueError(f"max_bytes {self.max_bytes}, expected >= 0")
+            raise ValueError(f"max_bytes {brief(self.max_bytes)}, expected >= 0")
         if self.backups < 1:
-            raise ValueError(f"backups {self.backups}, expected >= 1")
+            raise ValueError(f"backups {brief(self.backups)}, expected >= 1")
 
 
 @dataclass(frozen=True)
@@ -207,15 +232,15 @@ class HttpSettings:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port {self.port}, expected 0..65535")
+            raise ValueError(f"port {brief(self.port)}, expected 0..65535")
         if self.stream_fps <= 0:
-            raise ValueError(f"stream_fps {self.stream_fps}, expected > 0")
+            raise ValueError(f"stream_fps {brief(self.stream_fps)}, expected > 0")
         if self.stream_width < 16:
-            raise ValueError(f"stream_width {self.stream_width}, expected >= 16")
+            raise ValueError(f"stream_width {brief(self.stream_width)}, expected >= 16")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality {self.jpeg_quality}, expected 1..100")
+            raise ValueError(f"jpeg_quality {brief(self.jpeg_quality)}, expected 1..100")
         if self.max_clients < 1:
-            raise ValueError(f"max_clients {self.max_clients}, expected >= 1")
+            raise ValueError(f"max_clients {brief(self.max_clients)}, expected >= 1")
 
 
 @dataclass(frozen=True)
@@ -241,12 +266,12 @@ class WatchdogSettings:
     def __post_init__(self) -> None:
         for name in ("stall_s", "backoff_initial_s", "backoff_max_s", "health_max_age_s"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} {getattr(self, name)}, expected > 0")
+                raise ValueError(f"{name} {brief(getattr(self, name))}, expected > 0")
         if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError(f"backoff_max_s {self.backoff_max_s} is below "
-                             f"backoff_initial_s {self.backoff_initial_s}")
+            raise ValueError(f"backoff_max_s {brief(self.backoff_max_s)} is below "
+                             f"backoff_initial_s {brief(self.backoff_initial_s)}")
         if not 0.0 <= self.jitter < 1.0:
-            raise ValueError(f"jitter {self.jitter}, expected 0 <= jitter < 1")
+            raise ValueError(f"jitter {brief(self.jitter)}, expected 0 <= jitter < 1")
 
 
 @dataclass(frozen=True)
@@ -277,11 +302,11 @@ class MqttSettings:
 
     def __post_init__(self) -> None:
         if self.qos not in (0, 1, 2):
-            raise ValueError(f"qos {self.qos}, expected 0, 1 or 2")
+            raise ValueError(f"qos {brief(self.qos)}, expected 0, 1 or 2")
         if not 0 < self.port <= 65535:
-            raise ValueError(f"port {self.port}, expected 1..65535")
+            raise ValueError(f"port {brief(self.port)}, expected 1..65535")
         if not self.topic or any(c in self.topic for c in "+#"):
-            raise ValueError(f"topic {self.topic!r}: expected a topic without wildcards")
+            raise ValueError(f"topic {brief(self.topic)}: expected a topic without wildcards")
 
 
 @dataclass(frozen=True)
@@ -304,19 +329,20 @@ _SECTION_CLASSES: dict[str, type] = {
     "model": ModelSettings, "camera": CameraSettings, "classify": ClassifySettings,
     "smoothing": SmoothingSettings, "output": OutputSettings, "http": HttpSettings,
     "watchdog": WatchdogSettings, "mqtt": MqttSettings}
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(DeviceConfig)}
-_EVAL_NAMES = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}
+_TOP_LEVEL = ("name", "description", *_SECTION_CLASSES)
+
+Layer = Mapping[str, Any]  # {"section": {"key": value}} (and "name"/"description")
 
 
-def _section_cls(name: str) -> type:
-    return _SECTION_CLASSES[name]
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """A settings class's fields and their resolved types (annotations are strings here)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
+def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Converts a YAML/env/CLI value to the field's type, or raises naming ``where``."""
-    hint = annotation
-    if isinstance(hint, str):
-        hint = eval(hint, dict(_EVAL_NAMES))  # noqa: S307 - our own annotations only
     if typing.get_origin(hint) is tuple:
         if isinstance(value, str):
             items = [s.strip() for s in value.split(",") if s.strip()]
@@ -325,7 +351,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         elif value is None:
             items = []
         else:
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ValueError(f"{where}: expected a list, got {brief(value)}")
         return tuple(_coerce(v, str, f"{where}[{i}]") for i, v in enumerate(items))
     optional = False
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
@@ -345,21 +371,21 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return True
         if str(value).lower() in ("false", "no", "0", "off"):
             return False
-        raise ValueError(f"{where}: expected true or false, got {value!r}")
+        raise ValueError(f"{where}: expected true or false, got {brief(value)}")
     if hint is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+            raise ValueError(f"{where}: expected an integer, got {brief(value)}")
         try:
             return int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected an integer, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{where}: expected an integer, got {brief(value)}") from None
     if hint is float:
         if isinstance(value, bool):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
+            raise ValueError(f"{where}: expected a number, got {brief(value)}")
         try:
             return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected a number, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{where}: expected a number, got {brief(value)}") from None
     if isinstance(value, (dict, list)):
         raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
     return str(value)
@@ -371,13 +397,13 @@ def _parse_set(items: list[str]) -> dict[str, dict[str, str]]:
         key, sep, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot:
-            raise EdgekitError(f"--set {item!r}: expected section.key=value, e.g. "
+            raise EdgekitError(f"--set {brief(item)}: expected section.key=value, e.g. "
                                "model.threads=2")
         out.setdefault(section, {})[name] = value
     return out
 
 
-def _from_env(environ: dict[str, str]) -> dict[str, dict[str, str]]:
+def _from_env(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for section, cls in _SECTION_CLASSES.items():
         for f in dataclasses.fields(cls):
@@ -387,59 +413,127 @@ def _from_env(environ: dict[str, str]) -> dict[str, dict[str, str]]:
     return out
 
 
+def _loader():
+    """A safe YAML loader that refuses aliases and keys given twice, naming the line."""
+    import yaml
+
+    class ProfileLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise ValueError(f"line {event.start_mark.line + 1}: YAML aliases "
+                                 f"(*{brief(event.anchor, 40).strip(chr(39))}) are not allowed in a "
+                                 "profile")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if not isinstance(key_node, yaml.ScalarNode):
+                        raise ValueError(f"line {key_node.start_mark.line + 1}: a key must "
+                                         "be a plain name")
+                    key = self.construct_object(key_node)
+                    line = key_node.start_mark.line + 1
+                    if key in seen:
+                        raise ValueError(f"line {line}: duplicate key {brief(key)} (first "
+                                         f"at line {seen[key]})")
+                    seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    return ProfileLoader
+
+
+def _read_profile(path: str | Path) -> dict[str, Any]:
+    """The profile file as a mapping.
+
+    Raises:
+        EdgekitError: missing, unreadable, too large, not YAML, an alias, a duplicate key
+            or not a mapping (naming the file, and the line where YAML has one).
+    """
+    import yaml
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PROFILE_BYTES + 1)
+    except FileNotFoundError:
+        raise EdgekitError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise EdgekitError(f"cannot read config file: {e.strerror or e.__class__.__name__} "
+                           f"[{path}]") from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise EdgekitError(f"invalid config file: larger than {MAX_PROFILE_BYTES // 1024} KiB, "
+                           f"expected a small YAML profile [{path}]")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EdgekitError(f"invalid config file: not UTF-8 text [{path}]") from None
+    try:
+        data = yaml.load(text, Loader=_loader()) or {}  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise EdgekitError(f"invalid config file: not YAML{where} ({brief(e.problem, 60)}) "
+                           f"[{path}]") from None
+    except yaml.YAMLError as e:
+        raise EdgekitError(f"invalid config file: not YAML ({e.__class__.__name__}) "
+                           f"[{path}]") from None
+    except RecursionError:
+        raise EdgekitError(f"invalid config file: nested too deeply [{path}]") from None
+    except ValueError as e:  # ours (alias, duplicate: "line N: ...") or an absurd number
+        what = str(e) if str(e).startswith("line ") else f"a value YAML cannot build ({e})"
+        raise EdgekitError(f"invalid config file: {brief(what, 120)[1:-1]} [{path}]") from None
+    if not isinstance(data, dict):
+        raise EdgekitError(f"invalid config file: expected a mapping at the top [{path}]")
+    return data
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
-                environ: dict[str, str] | None = None) -> DeviceConfig:
-    """Loads a profile, then applies environment variables and ``--set`` overrides.
+                environ: Mapping[str, str] | None = None,
+                flags: Layer | None = None) -> DeviceConfig:
+    """Loads a profile, then applies environment variables, ``--set`` and flag overrides.
+
+    Args:
+        path: the YAML profile, or None for the defaults.
+        overrides: ``section.key=value`` strings (``--set``).
+        environ: the environment to read ``EDGEKIT_*`` from (default: ``os.environ``).
+        flags: typed values from command-line flags, ``{"model": {"threads": 2}}``; the
+            highest precedence.
 
     Raises:
         EdgekitError: unreadable file, unknown key or bad value (naming file and field).
     """
-    import yaml
-
     source = str(path) if path else "defaults"
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise EdgekitError(f"config file not found: {path}") from None
-        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-            raise EdgekitError(f"cannot read config file: {e.__class__.__name__} "
-                               f"[{path}]") from None
-        except yaml.YAMLError as e:
-            raise EdgekitError(f"invalid config file: not YAML ({e.__class__.__name__}) "
-                               f"[{path}]") from None
-        if not isinstance(data, dict):
-            raise EdgekitError(f"invalid config file: expected a mapping at the top [{path}]")
-    layers = [(source, data), ("environment", _from_env(dict(os.environ if environ is None
-                                                             else environ))),
-              ("--set", _parse_set(overrides or []))]
+    data = _read_profile(path) if path is not None else {}
+    layers = [(source, data), ("environment", _from_env(os.environ if environ is None
+                                                        else environ)),
+              ("--set", _parse_set(overrides or [])), ("command line", flags or {})]
     merged: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {}
     try:
         for origin, layer in layers:
             for key, value in layer.items():
-                if key not in _SECTIONS:
-                    raise ValueError(f"unknown key '{key}' (from {origin}); expected one of "
-                                     f"{sorted(_SECTIONS)}")
+                if key not in _TOP_LEVEL:
+                    raise ValueError(f"unknown key {brief(key)} (from {origin}); expected "
+                                     f"one of {sorted(_TOP_LEVEL)}")
                 if key in ("name", "description"):
                     merged[key] = _coerce(value, str, key)
                     continue
                 if value is None:
                     continue  # an empty section in YAML: defaults
-                if not isinstance(value, dict):
+                if not isinstance(value, Mapping):
                     raise ValueError(f"'{key}' must be a mapping")
-                fields = {f.name: f.type for f in dataclasses.fields(_section_cls(key))}
+                fields = _field_types(_SECTION_CLASSES[key])
                 for name, v in value.items():
                     if name not in fields:
-                        raise ValueError(f"unknown key '{key}.{name}' (from {origin}); "
-                                         f"expected one of {sorted(fields)}")
+                        raise ValueError(f"unknown key '{key}.{brief(name)[1:-1]}' (from "
+                                         f"{origin}); expected one of {sorted(fields)}")
                     what = f"{key}.{name}" + ("" if origin == source else f" (from {origin})")
                     sections.setdefault(key, {})[name] = _coerce(v, fields[name], what)
         built = {}
         for k, v in sections.items():
             try:
-                built[k] = _section_cls(k)(**v)
+                built[k] = _SECTION_CLASSES[k](**v)
             except ValueError as e:
                 raise ValueError(f"{k}: {e}") from None
         return DeviceConfig(**merged, **built)

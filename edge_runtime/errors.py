@@ -1,4 +1,22 @@
-"""The one exception type every edgekit CLI turns into a single clear line."""
+"""Errors, named exit codes and the plumbing every edgekit CLI shares.
+
+One exception type (:class:`EdgekitError`) that a CLI turns into a single clear line; the
+named exit codes; :func:`install_signal_handlers` and :func:`cli_main`, which make SIGTERM
+and SIGINT at any moment (start-up imports included) end with one line and status 0
+(SIGTERM) or 130 (SIGINT); and the argparse parser and help formatter all four CLIs use.
+This module imports only the standard library: the CLIs import it before anything heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import reprlib
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 
 class EdgekitError(Exception):
@@ -12,4 +30,170 @@ class EdgekitError(Exception):
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as shells report 128 + 2
+EXIT_TERMINATED = EXIT_OK  # SIGTERM is a requested stop (systemd, docker stop): not a failure
+
+_SIGNAL_EXIT = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 60
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 4
+_BRIEF.maxlevel = 2
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, never built in full.
+
+    Error messages quote what was received; a value read from a file or a flag may be
+    huge (a YAML bomb, a pasted blob), and one error line must stay one short line.
+    """
+    text = _BRIEF.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; raised in the main thread by the installed handler.
+
+    A :class:`KeyboardInterrupt`, so every ``except KeyboardInterrupt`` clean-up (a
+    partial run folder, a half-written model) runs for SIGTERM too.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_received: list[int] = []  # signals seen by the handler, in order
+
+
+def _raise_handler(signum: int, _frame: object) -> None:
+    _received.append(signum)
+    if len(_received) > 1:
+        # The first one is still unwinding (or was swallowed by a library): stop now.
+        _exit_now(signum, _SIGNAL_EXIT[signum])
+    raise Interrupted(signum)
+
+
+def _exit_now(signum: int, status: int) -> NoReturn:
+    try:
+        sys.stderr.write(f"{_stop_line(signum)}\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, RuntimeError, ValueError):  # a closed or re-entered stream
+        pass
+    os._exit(status)
+
+
+def _stop_line(signum: int) -> str:
+    return ("interrupted (SIGINT)" if signum == signal.SIGINT
+            else f"stopped by {signal.Signals(signum).name}")
+
+
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread from now on.
+
+    Call it first thing in a ``__main__`` (before heavy imports): a signal during start-up
+    then ends as one line and status 0 or 130 through :func:`cli_main`, not as a
+    ``KeyboardInterrupt`` traceback or a bare -15. A second signal exits at once.
+    """
+    _received.clear()
+    for s in _SIGNAL_EXIT:
+        signal.signal(s, _raise_handler)
+
+
+def signal_received() -> int | None:
+    """The first SIGINT/SIGTERM caught by the installed handlers, or None."""
+    return _received[0] if _received else None
+
+
+def cli_main(main: Callable[..., int] | None = None, *, interrupted: str | None = None):
+    """Decorates a CLI's ``main(argv=None) -> int``: every way out is one line and a code.
+
+    * :class:`EdgekitError` -> ``error: MESSAGE``, :data:`EXIT_ERROR`;
+    * :class:`OSError` (disk full, permission) -> ``error: WHAT: FILE``, :data:`EXIT_ERROR`;
+    * SIGTERM -> ``stopped by SIGTERM``, :data:`EXIT_TERMINATED` (0);
+    * SIGINT / Ctrl-C -> ``interrupted (SIGINT)``, :data:`EXIT_INTERRUPTED` (130);
+    * a closed stdout (``| head``) -> :data:`EXIT_OK`.
+
+    Args:
+        main: the function (when used as ``@cli_main``).
+        interrupted: what to add after an interruption line, e.g. what was kept.
+    """
+
+    def wrap(fn: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> int:
+            try:
+                status = fn(*args, **kwargs)
+            except KeyboardInterrupt as e:
+                signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+                status = _SIGNAL_EXIT[signum]
+                _say(_stop_line(signum) + (f"; {interrupted}" if interrupted else ""))
+            except EdgekitError as e:
+                status = EXIT_ERROR
+                _say(f"error: {e}")
+            except BrokenPipeError:
+                # Python would complain again when flushing the closed stdout at exit.
+                _silence_stdout()
+                status = EXIT_OK
+            except OSError as e:
+                status = EXIT_ERROR
+                what = e.strerror or e.__class__.__name__
+                _say(f"error: {what}: {e.filename}" if e.filename else f"error: {what}")
+            return status
+
+        return wrapper
+
+    return wrap(main) if main is not None else wrap
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def exit_with(main: Callable[[], int]) -> NoReturn:
+    """``sys.exit(main())`` for a ``__main__``, with a signal during shutdown handled too.
+
+    After ``main`` returns, a SIGINT/SIGTERM (e.g. while Python joins threads at exit)
+    ends the process at once with the status ``main`` returned, never a traceback.
+    """
+    status = cli_main(main)()
+    for s in _SIGNAL_EXIT:
+        signal.signal(s, lambda signum, _frame, st=status: _exit_now(signum, st))
+    sys.exit(status)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` once: not when the help already says its default, and not
+    for ``None``/``False`` defaults (which mean "not given", not a value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``error: ... (see PROG --help)``), status 2, and
+    :class:`HelpFormatter`; subcommand parsers inherit both."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """Prints ``error: MESSAGE`` on one line and exits with status 2."""
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
