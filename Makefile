@@ -47,6 +47,10 @@ test: setup ## run the test suite
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || echo "chromium not installed: the live-page browser test will be skipped"
 	$(PY) -m pytest -q tests
 
+.PHONY: test-arm64
+test-arm64: setup ## device tests on an emulated Raspberry Pi 4 (arm64 under qemu-user; root; skips without)
+	$(PY) device_tests/arm64/run.py $(ARGS)
+
 .PHONY: test-data
 test-data: ## fetch Coral's reference models and photos (sha256-pinned) into data/coral for 16+ real-model tests
 	$(or $(wildcard $(PY)),$(PYTHON)) -m tests.fetch_data --dest data/coral
