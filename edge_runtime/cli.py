@@ -3,6 +3,7 @@
 Usage:
     python -m edge_runtime classify --model M.tflite [--labels L] [--top-k K] [--json] IMAGE...
     python -m edge_runtime run --model M.tflite --source SRC [--output FILE] [--max-frames N]
+                               [--realtime] [--http [HOST:]PORT]
     python -m edge_runtime run --config device_configs/NAME.yaml [--set section.key=value ...]
     python -m edge_runtime doctor [--config device_configs/NAME.yaml]
     python -m edge_runtime unit --config device_configs/NAME.yaml [--user USER]
@@ -13,10 +14,14 @@ Usage:
 file, URL, GStreamer pipeline, picamera2) on a capture thread, classifies the newest one
 and writes one JSON line per result; optionally it serves HTTP (live page, MJPEG,
 /latest, /healthz, /metrics) and publishes label changes over MQTT. It stops at the end
-of a file; SIGINT/SIGTERM stop it cleanly with status 0. With ``--config``, settings come
-from a device profile; precedence: flags and ``--set`` > ``EDGEKIT_<SECTION>_<KEY>``
-environment variables > the profile > defaults. ``doctor`` checks the machine (and what a
-profile needs); ``unit`` prints the systemd unit for a profile.
+of a file. With ``--config``, settings come from a device profile; precedence: flags >
+``--set`` > ``EDGEKIT_<SECTION>_<KEY>`` environment variables > the profile > defaults.
+``doctor`` checks the machine (and what a profile needs, and lists the cameras);
+``unit`` prints the systemd unit for a profile.
+
+Exit status: 0 done (and after SIGTERM, at any moment, start-up included: a requested
+stop); 1 an error, said in one line on stderr; 2 bad usage; 130 after SIGINT (Ctrl-C).
+A signal always ends in one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -24,31 +29,72 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
-from .errors import EXIT_ERROR, EXIT_OK, EdgekitError
+from .config import INTERPOLATIONS, check_threads
+from .errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EdgekitError,
+    Parser,
+    cli_main,
+    signal_received,
+)
+
+# How a user finds a camera that did not open.
+_LIST_CAMERAS = "list the cameras with: python -m edge_runtime doctor"
 
 
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}") \
+            from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
+
+
+def threads_arg(text: str) -> int:
+    """An argparse type: an interpreter thread count within 1..4 x CPU cores."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
+    try:
+        return check_threads(n)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _unit_float(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text[:40]!r}") \
+            from None
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
     return v
+
+
+def _http_address(text: str) -> tuple[str | None, int]:
+    """``[HOST:]PORT`` -> (host or None, port)."""
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"expected [HOST:]PORT with a port 0..65535, got "
+                                         f"{text[:60]!r}")
+    return host or None, number
 
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -57,65 +103,68 @@ def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--labels", type=Path, default=None,
                    help="label file (one per line, or 'index label'); default: the manifest "
                         "beside the model")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="interpreter CPU threads (default: the backend's choice)")
+    p.add_argument("--threads", type=threads_arg, default=None,
+                   help="interpreter CPU threads, up to 4 x the cores (default: the "
+                        "backend's choice)")
     p.add_argument("--edgetpu", nargs="?", const=True, default=False, metavar="DEVICE",
                    help="run on the Edge TPU (optionally 'usb', 'usb:N' or 'pci:N')")
     p.add_argument("--input-mean", type=float, default=None,
                    help="pixel mean for a model with no manifest (input = (pixel-mean)/std)")
     p.add_argument("--input-std", type=float, default=None,
                    help="pixel std for a model with no manifest")
-    p.add_argument("--interpolation", choices=("linear", "area"), default=None,
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, default=None,
                    help="how images are shrunk (default: the manifest's; 'area' without one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser for ``python -m edge_runtime``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m edge_runtime", description="edgekit on-device runtime",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The argparse parser for ``python -m edge_runtime``; each command sets ``func``."""
+    parser = Parser(prog="python -m edge_runtime", description="edgekit on-device runtime")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("classify", help="classify image files",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c = sub.add_parser("classify", help="classify image files")
     _add_model_args(c)
     c.add_argument("--top-k", type=_positive_int, default=3, help="classes to print per image")
     c.add_argument("--threshold", type=_unit_float, default=0.0, help="minimum score to print")
     c.add_argument("--json", action="store_true", help="one JSON object per image per line")
     c.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    c.set_defaults(func=_cmd_classify)
 
-    r = sub.add_parser("run", help="classify a camera or video stream",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r = sub.add_parser("run", help="classify a camera or video stream")
     _add_model_args(r, required=False)
     r.add_argument("--config", type=Path, default=None, help="device profile (YAML)")
     r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a profile setting, e.g. --set model.threads=2")
     r.add_argument("--source", default=None,
-                   help="camera index, /dev/video*, video file, URL or GStreamer pipeline")
+                   help="camera index, /dev/video*, video file, URL or GStreamer pipeline "
+                        "(cameras: python -m edge_runtime doctor)")
     r.add_argument("--output", type=Path, default=None,
                    help="append JSON lines to this file instead of stdout")
     r.add_argument("--loop", action="store_true", help="replay a video file endlessly")
+    r.add_argument("--realtime", action="store_true",
+                   help="play a video file at its frame rate, newest frame only, as a camera "
+                        "would (default: every frame, as fast as possible)")
     r.add_argument("--max-frames", type=_positive_int, default=None, help="stop after N frames")
     r.add_argument("--threshold", type=_unit_float, default=None,
                    help="below this score the frame's label is null (default 0)")
-    r.add_argument("--http", default=None, metavar="[HOST:]PORT",
+    r.add_argument("--http", type=_http_address, default=None, metavar="[HOST:]PORT",
                    help="serve the live page, /stream.mjpg, /latest, /healthz, /metrics "
                         "(default host 127.0.0.1; port 0 picks a free one)")
+    r.set_defaults(func=_cmd_run)
 
-    d = sub.add_parser("doctor", help="check this machine (and what a profile needs)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = sub.add_parser("doctor", help="check this machine (and what a profile needs)")
     d.add_argument("--config", type=Path, default=None, help="device profile (YAML)")
     d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a profile setting")
     d.add_argument("--json", action="store_true", help="one JSON object per check per line")
+    d.set_defaults(func=_cmd_doctor)
 
-    u = sub.add_parser("unit", help="print the systemd unit for a profile",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    u = sub.add_parser("unit", help="print the systemd unit for a profile")
     u.add_argument("--config", type=Path, required=True, help="device profile (YAML)")
     u.add_argument("--user", default="edgekit", help="account the service runs as")
     u.add_argument("--python", default=None, help="interpreter (default: this one)")
     u.add_argument("--workdir", type=Path, default=None,
                    help="working directory (default: the project root)")
+    u.set_defaults(func=_cmd_unit)
     return parser
 
 
@@ -161,30 +210,35 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return status
 
 
+def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The settings the command-line flags give, typed, by section (None: not given)."""
+    given = {
+        "model": {"path": args.model, "threads": args.threads,
+                  "interpolation": args.interpolation},
+        "camera": {"source": args.source, "loop": args.loop or None,
+                   "realtime": args.realtime or None},
+        "classify": {"threshold": args.threshold},
+        "output": {"jsonl": args.output},
+        "http": {},
+    }
+    if args.edgetpu:
+        given["model"]["delegate"] = "edgetpu"
+        if isinstance(args.edgetpu, str):
+            given["model"]["edgetpu_device"] = args.edgetpu
+    if args.http is not None:
+        host, port = args.http
+        given["http"] = {"enabled": True, "port": port, "host": host}
+    return {section: {k: v for k, v in values.items() if v is not None}
+            for section, values in given.items()}
+
+
 def _run_config(args: argparse.Namespace):
     """The device profile with the command-line flags applied on top (highest precedence)."""
     from .config import load_config
 
-    flags = list(args.set)
-    for key, value in (("model.path", args.model), ("camera.source", args.source),
-                       ("model.threads", args.threads), ("classify.threshold", args.threshold),
-                       ("output.jsonl", args.output),
-                       ("model.interpolation", args.interpolation)):
-        if value is not None:
-            flags.append(f"{key}={value}")
-    if args.edgetpu:
-        flags.append("model.delegate=edgetpu")
-        if isinstance(args.edgetpu, str):
-            flags.append(f"model.edgetpu_device={args.edgetpu}")
-    if args.loop:
-        flags.append("camera.loop=true")
-    if args.http is not None:
-        host, sep, port = args.http.rpartition(":")
-        flags += ["http.enabled=true", f"http.port={port}"] + ([f"http.host={host}"]
-                                                              if sep and host else [])
     if args.config is None and (args.model is None or args.source is None):
         raise EdgekitError("run needs --model and --source, or --config PROFILE.yaml")
-    return load_config(args.config, flags)
+    return load_config(args.config, args.set, flags=_flag_overrides(args))
 
 
 def _open_classifier(cfg, norm):
@@ -213,6 +267,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     stop = StopFlag()
     restore = stop.install()  # first: a signal while loading still exits cleanly
+    if signal_received() is not None:  # one came before (and a library swallowed it)
+        stop.signal = signal_received()
+        stop.event.set()
     try:
         summary, clf = _run_daemon(args, stop)
     finally:
@@ -220,16 +277,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     why = f"stopped by signal {stop.signal}" if stop.signal else "done"
     print(f"{why}: {summary['frames']} frames in {summary['seconds']} s "
           f"({summary['fps']} fps, mean inference {summary['mean_inference_ms']} ms, "
-          f"backend {clf.backend.name} {clf.backend.version})"
-          + (f"; {summary['unreadable']} frames could not be read (damaged or truncated "
-             "file)" if summary.get("unreadable") else ""), file=sys.stderr)
-    return EXIT_OK
+          f"backend {clf.backend.name} {clf.backend.version})", file=sys.stderr)
+    return EXIT_INTERRUPTED if stop.signal == signal.SIGINT else EXIT_OK
+
+
+def _start_capture(source, cfg):
+    """Starts the capture; a camera that does not open says how to list the cameras."""
+    from .capture import Capture
+
+    try:
+        return Capture(source, cfg.camera, cfg.watchdog).start()
+    except EdgekitError as e:
+        if source.kind not in ("camera", "device"):
+            raise
+        raise EdgekitError(f"{e}; {_LIST_CAMERAS}") from None
 
 
 def _run_daemon(args: argparse.Namespace, stop):
     """Opens everything the profile asks for, runs the loop, closes everything."""
     from .camera import parse_source
-    from .capture import Capture
     from .loop import Daemon
     from .metrics import Metrics
     from .outputs import JsonlWriter, MqttPublisher
@@ -245,7 +311,7 @@ def _run_daemon(args: argparse.Namespace, stop):
     if stop.event.is_set():
         return {"frames": 0, "seconds": 0.0, "fps": 0.0, "mean_inference_ms": 0.0}, clf
     with ExitStack() as stack:
-        capture = Capture(source, cfg.camera, cfg.watchdog).start()
+        capture = _start_capture(source, cfg)
         stack.callback(capture.stop)
         metrics = Metrics({"backend": clf.backend.name, "version": clf.backend.version,
                            "model": str(clf.model_path), "delegate": delegate,
@@ -295,23 +361,9 @@ def _cmd_unit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    from .redact import install_log_redaction, redact
-
-    install_log_redaction()  # a camera URL's password never reaches a log
-    try:
-        if args.command == "classify":
-            return _cmd_classify(args)
-        if args.command == "doctor":
-            return _cmd_doctor(args)
-        if args.command == "unit":
-            return _cmd_unit(args)
-        return _cmd_run(args)
-    except EdgekitError as e:
-        print(f"error: {redact(e)}", file=sys.stderr)
-        return EXIT_ERROR
-    except BrokenPipeError:
-        return EXIT_OK
+    return args.func(args)

@@ -421,9 +421,9 @@ def _loader():
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
-                raise ValueError(f"line {event.start_mark.line + 1}: YAML aliases "
-                                 f"(*{brief(event.anchor, 40).strip(chr(39))}) are not allowed in a "
-                                 "profile")
+                anchor = brief(event.anchor, 40).strip("'")
+                raise ValueError(f"line {event.start_mark.line + 1}: YAML aliases (*{anchor}) "
+                                 "are not allowed in a profile")
             return super().compose_node(parent, index)
 
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
@@ -482,7 +482,7 @@ def _read_profile(path: str | Path) -> dict[str, Any]:
         raise EdgekitError(f"invalid config file: nested too deeply [{path}]") from None
     except ValueError as e:  # ours (alias, duplicate: "line N: ...") or an absurd number
         what = str(e) if str(e).startswith("line ") else f"a value YAML cannot build ({e})"
-        raise EdgekitError(f"invalid config file: {brief(what, 120)[1:-1]} [{path}]") from None
+        raise EdgekitError(f"invalid config file: {what[:120]} [{path}]") from None
     if not isinstance(data, dict):
         raise EdgekitError(f"invalid config file: expected a mapping at the top [{path}]")
     return data
