@@ -12,47 +12,54 @@ Usage:
 
 Measuring writes RUN/bench/results.json (schema: benchmarks/SCHEMA.md), results.csv,
 report.md and, where matplotlib is installed, the plots. The measuring part needs only the
-device extra. Exit status: 0 ok, 1 error, 2 usage, 3 regression (--strict) or validation
-outside tolerance, 130 interrupted.
+device extra. Exit status: 0 ok (and after SIGTERM); 1 error (one line on stderr); 2 usage;
+3 regression (--strict) or validation outside tolerance; 130 after SIGINT (Ctrl-C). A
+signal at any moment, start-up included, ends in one line, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
-from edge_runtime.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EdgekitError
+from edge_runtime.errors import EXIT_OK, Parser, cli_main
 
 EXIT_REGRESSION = 3
+_COMMANDS = ("measure", "report", "compare", "validate", "video-check")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``error: ...``) like every other edgekit CLI."""
+def _threads(text: str) -> int:
+    """One interpreter thread count within 1..4 x CPU cores (an argparse type)."""
+    from edge_runtime.config import check_threads
 
-    def error(self, message: str) -> NoReturn:
-        """Prints ``error: MESSAGE`` on one line and exits with status 2."""
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-
-
-def _int_list(text: str) -> list[int]:
-    """Parses ``1,2,4`` into positive integers (an argparse type)."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,4, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        return check_threads(int(text))
+    except ValueError as e:
+        what = str(e) if text.strip().isdigit() else f"expected an integer, got {text[:40]!r}"
+        raise argparse.ArgumentTypeError(what) from None
+
+
+def _threads_list(text: str) -> list[int]:
+    """Parses ``1,2,4`` into thread counts within 1..4 x CPU cores (an argparse type)."""
+    values = [_threads(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected thread counts like 1,4, got {text[:40]!r}")
     return values
 
 
-def _parser(prog: str, description: str) -> _Parser:
-    """A parser with one-line errors and defaults in the help."""
-    return _Parser(prog=prog, description=description,
-                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _count(lo: int):
+    """An argparse type: an integer >= ``lo``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") \
+                from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+        return v
+    return parse
 
 
 def _add_tolerances(p: argparse.ArgumentParser) -> None:
@@ -66,22 +73,27 @@ def _add_tolerances(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser for ``python -m benchmarks RUN``."""
-    p = _parser("python -m benchmarks", __doc__.split("\n")[0])
-    p.epilog = ("Other commands (each with --help): report DIR... | compare NEW OLD | "
-                "validate MODEL | video-check LOG LABELS. Schema: benchmarks/SCHEMA.md.")
+    """The parser for ``python -m benchmarks``: ``measure`` (the default: a first argument
+    that is not a command is a run folder), ``report``, ``compare``, ``validate`` and
+    ``video-check``; each sets ``func``."""
+    top = Parser(prog="python -m benchmarks", description=__doc__.split("\n")[0],
+                 epilog="A first argument that is not a command means 'measure'. Schema: "
+                        "benchmarks/SCHEMA.md.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("measure", help="measure a run's exported variants (the default)")
     p.add_argument("run", help="training run folder with an export/ folder")
     p.add_argument("--variants", default=None, help="comma-separated (default: all exported)")
-    p.add_argument("--threads", type=_int_list, default=None,
-                   help="thread counts (default: 1 and all cores)")
-    p.add_argument("--runs", type=int, default=100, help="timed runs per row")
-    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs")
+    p.add_argument("--threads", type=_threads_list, default=None,
+                   help="thread counts, each up to 4 x the cores (default: 1 and all cores)")
+    p.add_argument("--runs", type=_count(1), default=100, help="timed runs per row")
+    p.add_argument("--warmup", type=_count(0), default=10, help="untimed warm-up runs")
     p.add_argument("--min-seconds", type=float, default=0.0,
                    help="keep timing each row until at least this long has passed")
     p.add_argument("--video", default="auto",
                    help="end-to-end source (file, camera index, URL); auto: the video beside "
                         "the run's data; none: skip")
-    p.add_argument("--video-frames", type=int, default=60, help="frames to use (0: all)")
+    p.add_argument("--video-frames", type=_count(0), default=60, help="frames to use (0: all)")
     p.add_argument("--video-fps", type=float, default=None,
                    help="pace a file at this rate (default: its own; 0: unpaced)")
     p.add_argument("--device-name", default=None, help="label for this machine in reports")
@@ -92,12 +104,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default=None, metavar="OLD.json",
                    help="reference results (e.g. device_configs/reference/NAME.json)")
     _add_tolerances(p)
-    return p
+    p.set_defaults(func=_measure)
+
+    r = sub.add_parser("report", help="re-draw one results folder's report, or merge several "
+                                      "devices' results")
+    r.add_argument("dirs", nargs="+", metavar="DIR",
+                   help="bench folders, run folders or results.json files")
+    r.add_argument("--out", default=None,
+                   help="output folder (default: DIR itself for one, ./bench-merged for several)")
+    r.set_defaults(func=_report)
+
+    c = sub.add_parser("compare", help="compare results against a reference")
+    c.add_argument("new", help="results.json (or its folder) to check")
+    c.add_argument("old", help="reference results.json")
+    _add_tolerances(c)
+    c.set_defaults(func=_compare)
+
+    v = sub.add_parser("validate", help="compare the harness's median with ai-edge-litert's "
+                                        "benchmark tool")
+    v.add_argument("model", help=".tflite model (CPU)")
+    v.add_argument("--threads", type=_threads, default=1, help="interpreter threads")
+    v.add_argument("--runs", type=_count(1), default=200, help="timed runs per round, each side")
+    v.add_argument("--warmup", type=_count(0), default=20, help="untimed warm-up runs")
+    v.add_argument("--rounds", type=_count(1), default=5, help="alternating rounds")
+    v.add_argument("--tolerance", type=float, default=0.10, help="allowed relative difference")
+    v.add_argument("--json", default=None, metavar="OUT.json", help="also write the result")
+    v.set_defaults(func=_validate)
+
+    # video-check parses its own arguments (benchmarks.video_check.main).
+    k = sub.add_parser("video-check", add_help=False,
+                       help="camera-log accuracy: video-check LOG LABELS (video-check --help)")
+    k.set_defaults(func=_video_check)
+    return top
 
 
-def _measure(argv: list[str]) -> int:
-    """``python -m benchmarks RUN ...``: measure, write, compare."""
-    args = build_parser().parse_args(argv)
+def _measure(args: argparse.Namespace) -> int:
+    """``python -m benchmarks [measure] RUN ...``: measure, write, compare."""
     from .core import benchmark
 
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
@@ -131,15 +173,8 @@ def _verdict(comparison: dict | None, strict: bool) -> int:
     return EXIT_OK
 
 
-def _report(argv: list[str]) -> int:
+def _report(args: argparse.Namespace) -> int:
     """``report DIR...``: redraw one results folder or merge several."""
-    p = _parser("python -m benchmarks report",
-                "Re-draw one results folder's report, or merge several devices' results.")
-    p.add_argument("dirs", nargs="+", metavar="DIR",
-                   help="bench folders, run folders or results.json files")
-    p.add_argument("--out", default=None,
-                   help="output folder (default: DIR itself for one, ./bench-merged for several)")
-    args = p.parse_args(argv)
     from datetime import datetime, timezone
 
     from .analysis import load_results, merge
@@ -159,13 +194,8 @@ def _report(argv: list[str]) -> int:
     return EXIT_OK
 
 
-def _compare(argv: list[str]) -> int:
+def _compare(args: argparse.Namespace) -> int:
     """``compare NEW OLD``: regression check without measuring."""
-    p = _parser("python -m benchmarks compare", "Compare results against a reference.")
-    p.add_argument("new", help="results.json (or its folder) to check")
-    p.add_argument("old", help="reference results.json")
-    _add_tolerances(p)
-    args = p.parse_args(argv)
     from .analysis import compare, load_results
 
     cmp = compare(load_results(args.new), load_results(args.old), args.tolerance,
@@ -178,18 +208,8 @@ def _compare(argv: list[str]) -> int:
     return _verdict(cmp, args.strict)
 
 
-def _validate(argv: list[str]) -> int:
+def _validate(args: argparse.Namespace) -> int:
     """``validate MODEL``: harness vs ai-edge-litert's benchmark tool."""
-    p = _parser("python -m benchmarks validate",
-                "Compare the harness's median with ai-edge-litert's benchmark tool.")
-    p.add_argument("model", help=".tflite model (CPU)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=200, help="timed runs per round, each side")
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds")
-    p.add_argument("--tolerance", type=float, default=0.10, help="allowed relative difference")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="also write the result")
-    args = p.parse_args(argv)
     from edge_runtime.fileio import write_json
 
     from .validate import format_result, validate
@@ -212,21 +232,23 @@ def _video_check(argv: list[str]) -> int:
     return video_check(argv)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    commands: dict[str, Callable[[list[str]], int]] = {
-        "report": _report, "compare": _compare, "validate": _validate,
-        "video-check": _video_check}
-    command = commands.get(argv[0]) if argv else None
-    try:
-        return command(argv[1:]) if command else _measure(argv)
-    except EdgekitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    """Entry point; returns the exit status (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in (*_COMMANDS, "-h", "--help"):
+        argv.insert(0, "measure")
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.func is _video_check:
+        return _video_check(argv[1:])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)[:200]}")
+    return args.func(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edge_runtime.errors import exit_with, install_signal_handlers
+
+    install_signal_handlers()  # before the heavy imports main() makes
+    exit_with(main)
