@@ -10,14 +10,17 @@ DIR has one subfolder of images per class (or train/val[/test] folders, a CSV, a
 CSV, a JSON Lines file). The run folder receives model.keras (the best checkpoint),
 labels.txt, manifest.json, metrics.json (held-out results), history.csv, the curves and
 the confusion matrix as PNGs, data_report.json, train_config.json, checkpoints/ and logs/.
+
+Exit status: 0 done; 1 an error (one line on stderr); 2 bad usage; 130 after SIGINT
+(Ctrl-C) and 0 after SIGTERM, at any moment, start-up included: one line, and at most the
+epoch under way is lost (``--resume`` continues).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from edge_runtime.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EdgekitError
+from edge_runtime.errors import EXIT_OK, EdgekitError, Parser, cli_main
 
 
 def _int_at_least(lo: int):
@@ -25,7 +28,8 @@ def _int_at_least(lo: int):
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") \
+                from None
         if v < lo:
             raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
         return v
@@ -43,8 +47,13 @@ def _brightness(text: str) -> tuple[float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for ``python -m train``."""
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from edge_runtime.preprocess import DEFAULT_INTERPOLATION, INTERPOLATIONS
+
+    from .augment import FLIPS
+    from .config import CACHE_CHOICES, SCHEDULES, STRATEGIES
+    from .model import ALPHAS
+
+    p = Parser(prog="python -m train", description=__doc__.split("\n")[0])
     p.add_argument("--data",
                    help="class folders, train/val[/test] folders, a path,label CSV, a pixel "
                         "CSV or a JSON Lines file (not needed with --resume)")
@@ -59,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--weights", default="imagenet",
                    help="'imagenet' (downloads), 'none' (from scratch), or a local no-top .h5")
-    m.add_argument("--alpha", type=float, default=1.0,
-                   help="MobileNetV2 width multiplier: 0.35, 0.5, 0.75, 1.0, 1.3 or 1.4")
+    m.add_argument("--alpha", type=float, choices=ALPHAS, default=1.0,
+                   help="MobileNetV2 width multiplier")
     m.add_argument("--img-size", type=_int_at_least(32), default=224,
                    help="input size (px); ImageNet weights exist for 96, 128, 160, 192, 224")
     m.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
@@ -74,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_int_at_least(1), default=32, help="batch size")
     t.add_argument("--learning-rate", type=float, default=1e-3,
                    help="Adam learning rate for the head (fine-tuning uses a tenth)")
-    t.add_argument("--lr-schedule", choices=("constant", "cosine", "plateau"),
+    t.add_argument("--lr-schedule", choices=SCHEDULES,
                    default="constant", help="learning-rate schedule")
     t.add_argument("--warmup-epochs", type=_int_at_least(0), default=0,
                    help="linear learning-rate warm-up epochs")
@@ -82,20 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=_int_at_least(1), default=5, help="early-stopping patience")
     t.add_argument("--no-class-weights", action="store_true",
                    help="do not weight the loss by inverse class frequency")
-    t.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
+    t.add_argument("--strategy", choices=STRATEGIES,
                    default="default", help="tf.distribute strategy (multiworker reads TF_CONFIG)")
     t.add_argument("--seed", type=int, default=0,
                    help="fixes split, initialisation, shuffling and augmentation")
     d = p.add_argument_group("data")
     d.add_argument("--resize", choices=("center_crop", "stretch"), default="center_crop",
                    help="how images (and later camera frames) are fitted to the input")
-    d.add_argument("--interpolation", choices=("linear", "area"), default="linear",
+    d.add_argument("--interpolation", choices=INTERPOLATIONS, default=DEFAULT_INTERPOLATION,
                    help="how images (and later camera frames) are shrunk: bilinear (fast "
                         "on every camera frame; a box reduction first beyond 4x) or "
                         "OpenCV's exact INTER_AREA (about 10x slower)")
     d.add_argument("--min-per-class", type=_int_at_least(2), default=5,
                    help="a class with fewer usable images is an error")
-    d.add_argument("--cache", choices=("memory", "disk", "none"), default="memory",
+    d.add_argument("--cache", choices=CACHE_CHOICES, default="memory",
                    help="keep decoded images after the first epoch: in memory, in a file in "
                         "the run folder (large datasets), or not at all")
     a = p.add_argument_group("augmentation (training only; 0 turns one off)")
@@ -104,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--shift", type=float, default=0.2, help="max shift, fraction of the size")
     a.add_argument("--shear", type=float, default=0.2, help="max shear intensity")
     a.add_argument("--zoom", type=float, default=0.2, help="max zoom in/out, fraction")
-    a.add_argument("--flip", choices=("horizontal", "vertical", "horizontal_and_vertical",
-                                      "none"), default="horizontal", help="random flips")
+    a.add_argument("--flip", choices=FLIPS, default="horizontal", help="random flips")
     a.add_argument("--brightness", type=_brightness, default=(0.4, 1.5),
                    help="brightness factor range LOW,HIGH (1 = off)")
     a.add_argument("--contrast", type=float, default=0.0, help="max contrast change, fraction")
@@ -139,8 +147,9 @@ def config_from_args(args: argparse.Namespace):
         strategy=args.strategy, seed=args.seed, force=args.force)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.resume and not args.data:
@@ -153,26 +162,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Trains (or tunes, then trains) as ``args`` say; returns the exit status."""
-    try:
-        cfg = config_from_args(args)
-        if args.tune:
-            if args.resume:
-                raise EdgekitError("--tune and --resume cannot be combined")
-            from .tune import tune_then_train
+    cfg = config_from_args(args)
+    if args.tune:
+        if args.resume:
+            raise EdgekitError("--tune and --resume cannot be combined")
+        from .tune import tune_then_train
 
-            tune_then_train(cfg, args.max_trials, args.tune_epochs)
-        else:
-            from .core import fine_tune
+        tune_then_train(cfg, args.max_trials, args.tune_epochs)
+    else:
+        from .core import fine_tune
 
-            fine_tune(cfg, resume=args.resume)
-    except EdgekitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        fine_tune(cfg, resume=args.resume)
     return EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edge_runtime.errors import exit_with, install_signal_handlers
+
+    install_signal_handlers()  # before TensorFlow and the data pipeline load
+    exit_with(main)
