@@ -277,7 +277,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     why = f"stopped by signal {stop.signal}" if stop.signal else "done"
     print(f"{why}: {summary['frames']} frames in {summary['seconds']} s "
           f"({summary['fps']} fps, mean inference {summary['mean_inference_ms']} ms, "
-          f"backend {clf.backend.name} {clf.backend.version})", file=sys.stderr)
+          f"backend {clf.backend.name} {clf.backend.version})"
+          + (f"; {summary['unreadable']} frames could not be read (damaged or truncated "
+             "file)" if summary.get("unreadable") else ""), file=sys.stderr)
     return EXIT_INTERRUPTED if stop.signal == signal.SIGINT else EXIT_OK
 
 
@@ -366,4 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from .redact import install_log_redaction
+
+    install_log_redaction()  # a camera URL's password never reaches a log
     return args.func(args)

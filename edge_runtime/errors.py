@@ -148,8 +148,10 @@ def cli_main(main: Callable[..., int] | None = None, *, interrupted: str | None 
 
 
 def _say(line: str) -> None:
+    from .redact import redact  # a camera URL's password never reaches the terminal
+
     try:
-        print(line, file=sys.stderr)
+        print(redact(line), file=sys.stderr)
     except (OSError, ValueError):
         pass
 
