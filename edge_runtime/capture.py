@@ -65,7 +65,12 @@ class FrameSlot:
         self.lossless = lossless
         self._cond = threading.Condition()
         self._frame: Frame | None = None
-        self._pending_drops = 0
+        # Frames dropped before the frame in the slot (or since the last take, when empty),
+        # and skipped frames newer than the one waiting in the slot: each is charged to
+        # the frame taken right after it, so that consecutive results' sequence numbers
+        # differ by exactly 1 + dropped.
+        self._drops_before = 0
+        self._drops_after = 0
         self._closed = False
         self.dropped = 0
         self.waiting = False  # a get() is waiting on an empty slot
@@ -80,8 +85,9 @@ class FrameSlot:
                     self._cond.wait(0.1)
             if self._closed:
                 return False
-            if self._frame is not None:
-                self._pending_drops += 1
+            if self._frame is not None:  # replaced: it and the frames skipped after it
+                self._drops_before += 1 + self._drops_after
+                self._drops_after = 0
                 self.dropped += 1
             self._frame = frame
             self._cond.notify_all()
@@ -101,7 +107,8 @@ class FrameSlot:
             if frame is None:
                 return None
             self._frame = None
-            frame.dropped, self._pending_drops = self._pending_drops, 0
+            frame.dropped = self._drops_before
+            self._drops_before, self._drops_after = self._drops_after, 0
             now = time.monotonic()
             if self.last_take_t is not None:
                 self.take_interval = ema(self.take_interval, now - self.last_take_t)
@@ -112,14 +119,23 @@ class FrameSlot:
     def skip(self) -> None:
         """Counts a frame captured but never handed over (not worth converting)."""
         with self._cond:
-            self._pending_drops += 1
+            if self._frame is None:
+                self._drops_before += 1
+            else:
+                self._drops_after += 1
             self.dropped += 1
 
     def next_take(self) -> float | None:
         """When the consumer is expected to take its next frame (``time.monotonic()``), or
-        None when it is waiting now or its pace is not known yet."""
+        None when it is waiting on an empty slot now or its pace is not known yet."""
         with self._cond:
-            if self.waiting or self.last_take_t is None or self.take_interval is None:
+            if self.take_interval is None:
+                return None
+            if self.waiting:
+                # Woken for the frame in the slot but not yet running (the GIL): it takes
+                # that one now, and the one after an interval later.
+                return None if self._frame is None else time.monotonic() + self.take_interval
+            if self.last_take_t is None:
                 return None
             return self.last_take_t + self.take_interval
 

@@ -57,7 +57,7 @@ class RedactFilter(logging.Filter):
         """Rewrites the record's message in place; never drops a record."""
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record is logged as it is
+        except Exception:  # a malformed record is logged as it is
             return True
         clean = redact(message)
         if clean != message or record.args:
