@@ -146,7 +146,8 @@ class _Collector:
         m = self.m
         cap = m.capture
         c = {k: getattr(cap, k, 0) if cap is not None else 0
-             for k in ("captured", "dropped", "bad_frames", "reconnects", "stalls")}
+             for k in ("captured", "dropped", "bad_frames", "unreadable", "reconnects",
+                       "stalls")}
         since = m.seconds_since_result()
         fps = m.fps  # takes the lock itself
         with m.lock:
@@ -161,6 +162,9 @@ class _Collector:
                      "inference took them.", c["dropped"]),
                     ("edgekit_bad_frames", "Frames that could not be read or preprocessed "
                      "(skipped).", c["bad_frames"] + m.bad_frames),
+                    ("edgekit_frames_unreadable", "Frames a video file declared but that "
+                     "could not be read (damaged or truncated; also in bad_frames).",
+                     c["unreadable"]),
                     ("edgekit_reconnects", "Times the source was reopened.", c["reconnects"]),
                     ("edgekit_stalls", "Times the source delivered no new frame for "
                      "watchdog.stall_s.", c["stalls"]),

@@ -359,7 +359,9 @@ def test_damaged_file_counts_and_reports_unreadable_frames(tmp_path, caplog):
 
     m = Metrics()
     m.capture = cap
-    assert re.search(rf"^edgekit_bad_frames_total {60 - got}(\.0)?$", m.render(), re.M)
+    text = m.render()
+    assert re.search(rf"^edgekit_bad_frames_total {60 - got}(\.0)?$", text, re.M)
+    assert re.search(rf"^edgekit_frames_unreadable_total {60 - got}(\.0)?$", text, re.M)
 
 
 def test_intact_file_has_no_unreadable_frames(tmp_path):
