@@ -42,6 +42,12 @@ BACKLOG = 128  # connections the kernel queues before accept (the default 5 drop
 MAX_CONNECTIONS = 128  # connections (threads) at once
 MAX_URL = 4096  # bytes of the request target (414 above)
 MAX_REQUEST_BYTES = 16 << 10  # request line and headers together (431 above)
+# Request handling shares the interpreter lock with inference: a flood of requests may use
+# at most this share of one core's time (bursts of CPU_BURST_S aside); the excess waits,
+# up to ADMIT_WAIT_S, then gets 503.
+CPU_SHARE = 0.25
+CPU_BURST_S = 0.05
+ADMIT_WAIT_S = 2.0
 
 
 def _page(name: str) -> str:
@@ -170,6 +176,42 @@ class _DeadlineReader(io.RawIOBase):
         return n
 
 
+class _CpuBudget:
+    """A token bucket of CPU seconds for request handling (see ``CPU_SHARE``)."""
+
+    def __init__(self, share: float, burst_s: float) -> None:
+        self.share = share
+        self.burst_s = burst_s
+        self.tokens = burst_s
+        self.t = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.burst_s, self.tokens + (now - self.t) * self.share)
+        self.t = now
+
+    def admit(self, max_wait_s: float) -> bool:
+        """Waits (without holding the interpreter) until there is budget; False when
+        there was none for ``max_wait_s``."""
+        deadline = time.monotonic() + max_wait_s
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                self._refill(now)
+                if self.tokens > 0:
+                    return True
+                wait = -self.tokens / self.share
+            if now >= deadline:
+                return False
+            time.sleep(min(max(wait, 0.001), 0.05, deadline - now))
+
+    def charge(self, cpu_s: float) -> None:
+        """Spends what one request took."""
+        with self._lock:
+            self._refill(time.monotonic())
+            self.tokens -= cpu_s
+
+
 @dataclass(eq=False)
 class _Conn:
     sock: socket.socket
@@ -188,6 +230,7 @@ class _HTTPServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, _Conn] = {}
+        self.budget = _CpuBudget(CPU_SHARE, CPU_BURST_S)
         super().__init__(address, handler)
 
     @property
@@ -285,6 +328,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._reader.arm(REQUEST_TIMEOUT_S, MAX_REQUEST_BYTES)
         self.raw_requestline = b""
         self.command, self.request_version, self.requestline = None, "HTTP/1.0", ""
+        self._streaming = False
+        cpu0 = time.thread_time()
         try:
             super().handle_one_request()
         except _TooLarge:
@@ -296,6 +341,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
                                 f"request headers larger than {MAX_REQUEST_BYTES} bytes")
             self._discard_rest()
+        finally:
+            if not self._streaming:  # a stream is paced by the encoder, not charged
+                self.server.budget.charge(time.thread_time() - cpu0)
 
     def _discard_rest(self, seconds: float = 0.5, limit: int = 1 << 20) -> None:
         """Reads and drops what the client is still sending, briefly: closing a socket
@@ -322,6 +370,9 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         self.server.waiting(self.connection, False)
         self.connection.settimeout(WRITE_TIMEOUT_S)
+        if not self.server.budget.admit(ADMIT_WAIT_S):
+            self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "too many requests, try again")
+            return False
         return True
 
     def send_error(self, code: int, message: str | None = None,
@@ -402,6 +453,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self) -> None:
         enc = self.app.encoder
+        self._streaming = True
         viewer = None if self.command == "HEAD" else enc.open(self.connection)
         if viewer is None and self.command != "HEAD":
             self.close_connection = True

@@ -96,3 +96,15 @@ def test_the_viewer_gets_whole_jpeg_parts_and_stops_when_evicted():
 def test_annotate_shrinks_but_never_enlarges(width, expect):
     img = stream.annotate(np.zeros((48, 64), np.uint8), None, width)
     assert img.shape == (*expect, 3)
+
+
+def test_cpu_budget_holds_requests_back_to_its_share():
+    from edge_runtime.server import _CpuBudget
+
+    b = _CpuBudget(share=0.5, burst_s=0.01)
+    assert b.admit(0.0)  # a full bucket admits at once
+    b.charge(0.26)  # a request that took 0.26 s: about 0.5 s of refill owed
+    t0 = time.monotonic()
+    assert not b.admit(0.1)  # not within 0.1 s
+    assert b.admit(2.0)
+    assert 0.35 < time.monotonic() - t0 < 1.5
