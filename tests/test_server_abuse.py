@@ -231,6 +231,7 @@ def test_a_reading_viewer_keeps_its_slot_until_it_stalls(serve, monkeypatch):
         assert status(refused) == 503 and b"too many stream clients" in refused
         assert viewer.recv(65536)
         assert srv.encoder.clients == 1
+        assert "edgekit_stream_clients 1.0" in srv.metrics.render().splitlines()
         # The viewer stops reading: once its writes stall, a newcomer takes the slot.
         time.sleep(stream_mod.STALL_S + 1.5)
         got = viewer_after_stalled(srv.url, stalled=0, settle_s=0.0, timeout=3.0)
