@@ -68,7 +68,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> bool:
                        edgecolors="red" if on_front else "none", linewidths=2)
             n_labels += 1  # stagger labels so that near-identical points stay readable
             ax.annotate(_label(r, several), (x, y), textcoords="offset points",
-                        xytext=(6, (4, -10, 12, -18)[n_labels % 4]), fontsize=7,
+                        xytext=(6, (4, -10, 12, -18)[n_labels % 4]), fontsize=9,
                         fontweight="bold" if on_front else "normal")
         pts = sorted((r["latency_ms"]["p50"], r["top1"] * 100) for r, f in mine if f)
         if len(pts) > 1:
@@ -90,48 +90,65 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> bool:
     ax.set_ylabel("held-out top-1 (%)")
     ax.set_title("Latency vs accuracy (marker area ~ model size)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=10, loc="lower right")
     fig.tight_layout()
     _save(fig, plt, path)
     return True
 
 
-def thread_scaling_plot(rows: list[dict[str, Any]], path: Path) -> bool:
-    """Throughput (1000 / p50) against thread count, one line per device/variant.
+def _throughput(r: dict[str, Any]) -> float:
+    """Inferences per second as the report's table gives them: 1000 / mean latency
+    (back-to-back invokes; the mean, not the median, is what a sustained rate sees)."""
+    fps = r.get("throughput_fps")
+    if isinstance(fps, (int, float)) and fps > 0:
+        return float(fps)
+    mean = r["latency_ms"]["mean"]
+    return 1000.0 / mean if mean > 0 else 0.0
 
-    Returns:
-        False when matplotlib is missing or no variant was measured at two thread counts.
-    """
+
+def scaling_series(rows: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
+    """(threads, throughput) per device/variant/accelerator measured at 2+ thread counts,
+    keyed by the legend label; throughput is the report table's fps (:func:`_throughput`)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r.get("device"), r["variant"], accelerator(r)), []).append(r)
     groups = {k: sorted(v, key=lambda r: r["threads"]) for k, v in groups.items()
               if len({r["threads"] for r in v}) > 1}
-    plt = _pyplot()
-    if plt is None or not groups:
-        return False
     several = len({k[0] for k in groups}) > 1
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for (dev, variant, acc), rs in groups.items():
-        label = (f"{dev}: " if several else "") + variant + ("" if acc == "cpu" else f"/{acc}")
-        t = [r["threads"] for r in rs]
-        fps = [1000.0 / r["latency_ms"]["p50"] for r in rs]
+    return {(f"{dev}: " if several else "") + variant + ("" if acc == "cpu" else f"/{acc}"):
+            ([r["threads"] for r in rs], [_throughput(r) for r in rs])
+            for (dev, variant, acc), rs in groups.items()}
+
+
+def thread_scaling_plot(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Throughput (1000 / mean latency, the table's fps) against thread count, one line
+    per device/variant.
+
+    Returns:
+        False when matplotlib is missing or no variant was measured at two thread counts.
+    """
+    series = scaling_series(rows)
+    plt = _pyplot()
+    if plt is None or not series:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for label, (t, fps) in series.items():
         ax1.plot(t, fps, marker="o", label=label)
         ax2.plot(t, [f / fps[0] for f in fps], marker="o", label=label)
-    lo = min(rs[0]["threads"] for rs in groups.values())
-    top = max(rs[-1]["threads"] for rs in groups.values())
+    lo = min(t[0] for t, _ in series.values())
+    top = max(t[-1] for t, _ in series.values())
     ax2.plot([lo, top], [1, top / lo], color="grey", linestyle=":", label="linear")
     ax1.set_xlabel("threads")
-    ax1.set_ylabel("inferences / s (1000 / p50)")
+    ax1.set_ylabel("inferences / s (fps = 1000 / mean latency)")
     ax1.set_title("Throughput vs threads")
     ax2.set_xlabel("threads")
     ax2.set_ylabel("speed-up vs fewest threads")
     ax2.set_title("Thread scaling")
-    counts = sorted({r["threads"] for rs in groups.values() for r in rs})
+    counts = sorted({n for t, _ in series.values() for n in t})
     for ax in (ax1, ax2):
         ax.set_xticks(counts)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=10)
     fig.tight_layout()
     _save(fig, plt, path)
     return True

@@ -92,7 +92,8 @@ def _table(rows: list[dict[str, Any]], merged: bool) -> list[str]:
     """The main results table (with a device column when merged)."""
     head = ("| device " if merged else "") + (
         "| variant | threads | accelerator | top-1 | top-5 | size (KB) | load (ms) | "
-        "first (ms) | mean (ms) | std | min | p50 | p90 | p99 | pipeline p50 | fps | "
+        "first (ms) | mean (ms) | std | min | p50 | p90 | p99 | pipeline p50 | "
+        "fps (1000/mean) | "
         "peak RSS (MB) | Pareto |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r, front in zip(rows, mark_pareto(rows)):
@@ -185,7 +186,8 @@ def to_markdown(results: dict[str, Any], plots: dict[str, bool] | None = None) -
                   f"preprocessing. {rss} (see benchmarks/SCHEMA.md)."]
     lines += ["", "## Results", "",
               "Latency is `invoke()` alone; *pipeline p50* adds resize, quantization and "
-              "dequantization of a full-size image; fps = 1000 / mean. ★ = on the Pareto "
+              "dequantization of a full-size image; fps = 1000 / mean latency (back-to-back "
+              "invokes; the thread-scaling plot uses the same). ★ = on the Pareto "
               "front (no other row of the same device is both faster and more accurate).", ""]
     lines += _table(results["rows"], merged)
     lines += _e2e_table(results["rows"], merged)

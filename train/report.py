@@ -36,6 +36,7 @@ def evaluate_predictions(probs: np.ndarray, y: np.ndarray, classes: list[str]) -
 
 
 def plot_history(history: dict, path: Path) -> None:
+    """Training and validation accuracy and loss per epoch, side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +49,7 @@ def plot_history(history: dict, path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=11)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
@@ -56,25 +57,30 @@ def plot_history(history: dict, path: Path) -> None:
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> None:
+    """The held-out confusion matrix with counts in the cells and a colour bar; at
+    least 7x6 inches at 110 dpi (770x660 px), growing with the number of classes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(max(4, 0.5 * k + 2), max(3.5, 0.5 * k + 1.5)))
-    ax.imshow(cm, cmap="Blues")
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * k + 3), max(6.0, 0.55 * k + 2)))
+    im = ax.imshow(cm, cmap="Blues", vmin=0)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("images", fontsize=11)
     if k <= 30:
-        ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(k), classes, fontsize=8)
+        ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=11)
+        ax.set_yticks(range(k), classes, fontsize=11)
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center",
+                        fontsize=12 if k <= 10 else 9,
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("Held-out confusion matrix")
+    ax.set_xlabel("predicted", fontsize=12)
+    ax.set_ylabel("true", fontsize=12)
+    ax.set_title(f"Held-out confusion matrix ({int(cm.sum())} images)", fontsize=13)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
