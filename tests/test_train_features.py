@@ -253,3 +253,15 @@ def test_a_flat_folder_of_images_asks_for_one_subfolder_per_class(tmp_path):
                        r"e\.g\. .*/flat/cat/, .*/flat/dog/\) in .*flat, found 0; its 3 loose "
                        r"images need sorting into them"):
         prepare(data, tmp_path / "run", 5, 0.15, 0.15, seed=0)
+
+
+def test_gpu_extra_is_the_train_extra_with_cuda_tensorflow():
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml")
+                           .read_text())["project"]["optional-dependencies"]
+    train, gpu = set(extras["train"]), set(extras["gpu"])
+    assert train - gpu == {"tensorflow-cpu>=2.18,<2.22; sys_platform == 'linux' and "
+                           "platform_machine == 'x86_64'"}
+    assert gpu - train == {"tensorflow[and-cuda]>=2.18,<2.22; sys_platform == 'linux' and "
+                           "platform_machine == 'x86_64'"}
