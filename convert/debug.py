@@ -115,9 +115,20 @@ def set_io(model: bytes, io: str) -> bytes:
     import tensorflow as tf
     from tensorflow.lite.python import util
 
+    from edge_runtime.backend import backend
+
     dtype = {"uint8": tf.uint8, "int8": tf.int8}[io]
     try:
-        return bytes(util.modify_model_io_type(model, dtype, dtype))
+        out = bytes(util.modify_model_io_type(model, dtype, dtype))
     except (ValueError, RuntimeError) as e:
         raise EdgekitError(f"cannot give the selectively quantized model {io} input and "
                            f"output ({e}); pass --io float") from None
+    # A float layer at the model's edge keeps that edge float: TensorFlow only logs it.
+    it = backend().interpreter_cls(model_content=out)
+    got = sorted({np.dtype(d["dtype"]).name for d in
+                  it.get_input_details() + it.get_output_details()})
+    if got != [io]:
+        raise EdgekitError(f"with these --float-layers the model's input/output stays "
+                           f"{'/'.join(got)}, not {io}: keep layers away from the input and "
+                           "output in float, or pass --io float")
+    return out

@@ -70,6 +70,10 @@ def test_failed_conversion_keeps_the_old_model(trained_run, tmp_path, monkeypatc
     out.mkdir()
     old = out / "model_float32.tflite"
     old.write_bytes(b"previous model")
+    stale = out / ".savedmodel-killed"  # what a SIGKILLed convert leaves: its lock not held
+    stale.mkdir()
+    (stale / ".lock").write_text("12345\n")
+    (stale / "saved_model.pb").write_bytes(b"x" * 1000)
 
     def boom(*_a, **_k):
         raise EdgekitError("TFLite conversion (float32) failed: simulated")
@@ -79,6 +83,7 @@ def test_failed_conversion_keeps_the_old_model(trained_run, tmp_path, monkeypatc
         ex.export(trained_run, ["float32"], out=out)
     assert old.read_bytes() == b"previous model"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert not stale.exists()
 
 
 def test_external_keras_model_needs_labels_and_size(trained_run, tmp_path):
@@ -108,13 +113,15 @@ def test_edgetpu_variant_lints_and_compiles_or_says_why(trained_run, tmp_path):
 
     r = export(trained_run, ["edgetpu"], calib=20, out=tmp_path / "tpu")
     row = r.report["variants"]["edgetpu"]
-    assert "int8" in r.report["variants"]  # the Edge TPU model is compiled from int8
+    assert "int8" in r.report["variants"]  # the Edge TPU model is compiled from int8 ...
+    assert r.report["notes"] == ["the Edge TPU model is compiled from the int8 model: int8 "
+                                 "added to the variants"]  # ... and the report says so
     assert row["lint"]["ok"] and row["lint"]["cpu_ops"] == 0
     if sh.which("edgetpu_compiler") is None:
         assert row["status"] == "skipped: edgetpu_compiler not installed"
         assert "apt install edgetpu-compiler" in row["message"] and r.failed is None
     else:
-        assert row["status"] == "compiled" and (tmp_path / "tpu").glob("*_edgetpu.tflite")
+        assert row["status"] == "compiled" and any((tmp_path / "tpu").glob("*_edgetpu.tflite"))
 
 
 def test_lint_cli_is_wired(exported):

@@ -179,3 +179,38 @@ def test_tensorflow_alone_reads_writes_and_runs_models(coral):
     assert r.stdout.splitlines()[-3:] == [
         "tensorflow tensorflow.lite.python.schema_py_generated", "{'labels': ['a', 'b']}",
         "uint8"]
+
+
+# --- selective quantization keeps the requested input/output type -------------------------
+
+def test_float_layers_keep_the_requested_io(tmp_path):
+    pytest.importorskip("tensorflow")
+    import keras
+    import numpy as np
+
+    from convert.debug import layer_errors, selective_int8
+    from convert.export import saved_model_for
+    from edge_runtime.backend import backend
+
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.ReLU()(keras.layers.Conv2D(4, 3)(inp))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x))
+    saved = saved_model_for(model, (8, 8), tmp_path / "saved_model")
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(0, 255, (1, 8, 8, 3)).astype(np.float32) for _ in range(8)]
+
+    def rep():
+        return ([b] for b in batches)
+
+    layers = {r["short_name"]: r for r in layer_errors(saved, rep, top=100)}
+    assert layers and all(r["rmse_per_scale"] >= 0 for r in layers.values())
+    inner = next(r["tensor"] for name, r in layers.items() if "global_average" in name)
+    for io, dtype in (("uint8", np.uint8), ("int8", np.int8), ("float", np.float32)):
+        it = backend().interpreter_cls(model_content=selective_int8(saved, rep, [inner], io))
+        assert it.get_input_details()[0]["dtype"] == dtype
+        assert it.get_output_details()[0]["dtype"] == dtype
+    # the softmax output kept in float cannot have a uint8 output: refused, not ignored
+    output = next(r["tensor"] for name, r in layers.items() if "StatefulPartitionedCall" in name)
+    with pytest.raises(EdgekitError, match="input/output stays float32/uint8, not uint8"):
+        selective_int8(saved, rep, [output], "uint8")
