@@ -256,7 +256,7 @@ def test_a_flat_folder_of_images_asks_for_one_subfolder_per_class(tmp_path):
 
 
 def test_gpu_extra_is_the_train_extra_with_cuda_tensorflow():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml")
                            .read_text())["project"]["optional-dependencies"]
