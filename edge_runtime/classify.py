@@ -157,21 +157,19 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 def _producing_op(model_path: str | Path) -> str | None:
     """Name of the op that produces the model's output, read from the FlatBuffer schema."""
-    try:
-        from ai_edge_litert import schema_py_generated as schema  # type: ignore
-    except ImportError:
+    from .tflite import find_schema, op_name
+
+    schema = find_schema()
+    if schema is None:
         return None
     try:
         buf = Path(model_path).read_bytes()
         model = schema.ModelT.InitFromPackedBuf(buf, 0)
         graph = model.subgraphs[0]
         out = int(graph.outputs[0])
-        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
         for op in graph.operators:
             if op.outputs is not None and out in list(op.outputs):
-                code = model.operatorCodes[op.opcodeIndex]
-                builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-                return names.get(builtin)
+                return op_name(model.operatorCodes[op.opcodeIndex])
     except Exception:  # noqa: BLE001 - an unreadable graph just means "don't know"
         return None
     return None
@@ -311,6 +309,13 @@ class Classifier:
         """Top-``k`` classes of an RGB image."""
         return top_k(self.scores(rgb), k, self.labels, threshold)
 
-    def classify_file(self, path: str | Path, k: int = 5, threshold: float = 0.0) -> list[Class]:
-        """Top-``k`` classes of an image file."""
-        return self.classify(load_image(path), k, threshold)
+    def classify_file(self, path: str | Path, k: int = 5, threshold: float = 0.0,
+                      max_pixels: int | None = None) -> list[Class]:
+        """Top-``k`` classes of an image file.
+
+        Raises:
+            ImageError: unreadable, unsupported or corrupt, or above ``max_pixels``
+                (default ``EDGEKIT_MAX_IMAGE_PIXELS`` or 50 Mpx, read from the header
+                before decoding).
+        """
+        return self.classify(load_image(path, max_pixels), k, threshold)

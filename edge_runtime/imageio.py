@@ -282,11 +282,12 @@ def probe(f: BinaryIO, name: str = "image") -> ImageInfo:
     try:
         info = reader(f)
     except (_BadHeader, struct.error, ValueError, OSError) as e:
-        raise ImageError(f"corrupt {reader.__name__[1:].upper()} header ({e})", name,
+        raise ImageError(f"not a decodable image (corrupt {reader.__name__[1:].upper()} "
+                         f"header: {e})", name,
                          "corrupt") from None
     if info.width <= 0 or info.height <= 0:
-        raise ImageError(f"corrupt {info.format} header (size {info.width}x{info.height})",
-                         name, "corrupt")
+        raise ImageError(f"not a decodable image (corrupt {info.format} header: size "
+                         f"{info.width}x{info.height})", name, "corrupt")
     return info
 
 
@@ -351,7 +352,7 @@ def _decode(buf: np.ndarray, name: str, bgr: bool = False) -> np.ndarray:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as e:
         first = (str(e).strip().splitlines() or ["cv2.error"])[-1].strip()
-        raise ImageError(f"cannot decode image ({first})", name, "corrupt") from None
+        raise ImageError(f"not a decodable image ({first})", name, "corrupt") from None
     if img is None:
         raise ImageError("not a decodable image (corrupt data)", name, "corrupt")
     return img if bgr else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

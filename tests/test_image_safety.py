@@ -118,14 +118,16 @@ def test_oversized_headers_are_refused_before_decoding(tmp_path, data, size):
 
 @pytest.mark.parametrize("data, message", [
     (b"hello, not an image", "not an image in a supported format"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00", "corrupt PNG header (header cut short)"),
+    (b"\xff\xd8\xff\xe0 truncated", "not a decodable image (corrupt JPEG header: header cut"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not a decodable image (corrupt PNG header: header cut short)"),
     (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 5, 8, 0, 0, 0, 0)),
-     "corrupt PNG header (size 0x5)"),
-    (b"\xff\xd8\xff\xda\x00\x02", "corrupt JPEG header (JPEG without a frame header)"),
+     "not a decodable image (corrupt PNG header: size 0x5)"),
+    (b"\xff\xd8\xff\xda\x00\x02", "corrupt JPEG header: JPEG without a frame header"),
     (b"RIFF\x00\x00\x00\x00WEBPVP8Q", "corrupt WEBP header"),
     (b"II*\x00\xff\xff\xff\x00", "corrupt TIFF header"),
     (b"", "image file is empty"),
-], ids=["text", "png-cut", "png-zero", "jpeg-no-sof", "webp-chunk", "tiff-offset", "empty"])
+], ids=["text", "jpeg-cut", "png-cut", "png-zero", "jpeg-no-sof", "webp-chunk", "tiff-offset",
+        "empty"])
 def test_unknown_and_corrupt_files_get_one_clear_error(tmp_path, data, message):
     p = tmp_path / "bad.png"
     p.write_bytes(data)
