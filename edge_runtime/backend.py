@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EdgekitError
+from .tflite import check_identifier
 
 EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"
 EDGETPU_LIBRARY = {
@@ -147,9 +148,7 @@ def make_interpreter(model_path: str | Path, threads: int | None = None,
 
         return OnnxInterpreter(path, threads, providers, engine_cache)
     data = path.read_bytes()
-    # A FlatBuffer TFLite model carries the file identifier "TFL3" at bytes 4..8.
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise EdgekitError(f"not a TFLite model (no TFL3 identifier): {path}")
+    check_identifier(data, path)
     delegates = []
     if edgetpu:
         delegates.append(load_edgetpu_delegate(edgetpu if isinstance(edgetpu, str) else None))

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from .backend import backend
 from .errors import EdgekitError
 
 IDENTIFIER = b"TFL3"
@@ -258,6 +257,8 @@ def load_check(path: str | Path, allocate: bool = True,
     # Room for Python, the runtime and a few copies of the model; beyond that a model asks
     # for memory no edge device has.
     limit = max(4 << 30, 6 * size + (2 << 30))
+    from .backend import backend  # here: backend uses check_identifier from this module
+
     chosen = backend()  # the child loads the class this process would use, nothing else
     cls = f"{chosen.interpreter_cls.__module__}.{chosen.interpreter_cls.__qualname__}"
     try:
