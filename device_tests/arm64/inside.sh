@@ -21,6 +21,7 @@ if [ "$(cat "$venv/.edgekit-key" 2>/dev/null)" != "$key" ]; then
         "$venv/bin/pip" download -q --only-binary=:all: -d "$house" "$wheel[device]" pytest
         rm -f "$house"/edgekit-*.whl
         touch "$house/.complete"
+        for old in /cache/wheelhouse-*; do [ "$old" = "$house" ] || rm -rf "$old"; done
     fi
 fi
 "$venv/bin/pip" uninstall -q -y edgekit 2>/dev/null || true

@@ -136,7 +136,7 @@ def coral_reference(work: Path) -> dict:
 
     if not (CORAL / next(iter(CORAL_MODELS))).is_file():
         log(f"Coral reference data not found at {CORAL}: those device tests will skip")
-        return {"coral": [], "linear_inputs": {}, "linear_model": ["", ""]}
+        return {"coral": [], "linear_inputs": {}, "linear_model": ["", ""], "decoded": {}}
     rows, inputs = [], {}
     for model, labels in CORAL_MODELS.items():
         clf = Classifier(CORAL / model, labels=CORAL / labels)
@@ -149,12 +149,17 @@ def coral_reference(work: Path) -> dict:
             rows.append({"model": model, "labels": labels, "photo": photo, "index": top,
                          "label": clf.labels.get(top, str(top)), "score": float(s[top]),
                          "step": step, "scores": [float(v) for v in s]})
-    np.savez(work / "x86_inputs.npz", **inputs)
     first = next(iter(CORAL_MODELS.items()))
     clf = Classifier(CORAL / first[0], labels=CORAL / first[1], interpolation="linear")
-    linear = {photo: hashlib.sha256(_input_tensor(clf, load_image(CORAL / photo))).hexdigest()
-              for photo in CORAL_PHOTOS}
-    return {"coral": rows, "linear_inputs": linear, "linear_model": list(first)}
+    linear, decoded = {}, {}
+    for photo in CORAL_PHOTOS:
+        rgb = load_image(CORAL / photo)
+        decoded[photo] = hashlib.sha256(rgb).hexdigest()
+        inputs[f"linear/{photo}"] = _input_tensor(clf, rgb)
+        linear[photo] = hashlib.sha256(inputs[f"linear/{photo}"]).hexdigest()
+    np.savez(work / "x86_inputs.npz", **inputs)
+    return {"coral": rows, "linear_inputs": linear, "linear_model": list(first),
+            "decoded": decoded}
 
 
 def daemon_inputs(cache: Path, work: Path) -> dict:
@@ -225,12 +230,21 @@ def table(reference: list[dict], work: Path) -> str:
 
 
 def verify_unit(rootfs: Path, work: Path) -> str:
+    """systemd-analyze verify of the unit rendered on the device, against the userland's
+    own systemd units and files (--root), so ExecStart's venv python is checked too."""
     unit = work / "edgekit.service"
     if not unit.is_file():
         return "not rendered"
     if shutil.which("systemd-analyze") is None:
         return "systemd-analyze not available here: unit not verified"
-    r = _sh(["systemd-analyze", "verify", f"--root={rootfs}", str(unit)])
+    dest = rootfs / "etc" / "systemd" / "system" / "edgekit.service"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(unit, dest)
+    try:
+        r = _sh(["systemd-analyze", "verify", f"--root={rootfs}",
+                 "/etc/systemd/system/edgekit.service"])
+    finally:
+        dest.unlink()
     problems = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
     return "systemd-analyze verify: " + ("ok" if r.returncode == 0 and not problems
                                          else "FAILED: " + "; ".join(problems))
