@@ -323,13 +323,17 @@ def model_mutants(model: bytes, seed: int = 0, scale: int = 1) -> list[Case]:
 
 def sample_mutants(model: bytes, seed: int = 0) -> list[Case]:
     """A small fixed subset for the test suite (about 30): one mutant of every index,
-    dimension, type and opcode kind and of the main vector lengths and offsets, one flip
-    per region, three truncations and five wrong file types."""
+    dimension, type and opcode kind and of the main vector lengths and offsets, a
+    subgraph without operators, one flip per region, three truncations and five wrong
+    file types."""
     keep = {f"struct_{k}" for k in (
         "len_tensors", "len_buffer_data", "len_shape", "offset_subgraphs", "offset_tensor",
         "offset_buffer_data")}
     structural = [c for c in structural_mutants(model, seed, per_kind=1)
                   if not c.kind.startswith(("struct_len_", "struct_offset_")) or c.kind in keep]
+    # A subgraph with no operators at all (its operator vector's length set to 0).
+    structural += [c for c in structural_mutants(model, seed, per_kind=3)
+                   if c.name == "struct_len_operators_2"]
     cuts = {"truncated_2", "truncated_6", "truncated_7"}  # 16 bytes, 50 %, 90 %
     wrong = {"wrongtype_empty", "wrongtype_text", "wrongtype_png", "wrongtype_gzip_model",
              "wrongtype_tfl3_garbage"}
@@ -344,7 +348,7 @@ SAMPLE_KINDS = (
     "struct_op_opcode_index", "struct_tensor_buffer_index", "struct_tensor_type",
     "struct_input_dim_negative", "struct_input_dim_huge", "struct_input_dim_zero",
     "struct_tensor_dim_huge", "struct_opcode_builtin", "struct_opcode_deprecated",
-    "struct_len_tensors", "struct_len_buffer_data", "struct_len_shape",
+    "struct_len_tensors", "struct_len_buffer_data", "struct_len_shape", "struct_len_operators",
     "struct_offset_subgraphs", "struct_offset_tensor", "struct_offset_buffer_data",
     "flip_header", "flip_middle", "flip_tail", "flip_fields", "truncated", "wrong_type")
 """Every kind :func:`sample_mutants` can give (a model may lack some, e.g. no uint8 type)."""
@@ -517,7 +521,7 @@ def yaml_cases() -> list[YamlCase]:
         YamlCase("width_huge", "camera:\n  width: 1e308\n", ("width",)),
         YamlCase("port_huge", "http:\n  port: " + "9" * 30 + "\n", ("port",)),
         YamlCase("threshold_nan", "classify:\n  threshold: .nan\n", ("threshold",)),
-        YamlCase("deep_nesting", deep, ("threads",)),
+        YamlCase("deep_nesting", deep, ("deep",)),
         YamlCase("not_a_mapping", "- just\n- a list\n", ()),
         YamlCase("binary_garbage", "\x00\x01\x02 model: [\n", ()),
     ]
