@@ -168,8 +168,6 @@ def backoff_delay(attempt: int, initial: float, maximum: float, jitter: float,
 class _Pass:
     """One reader's state over one opening of the source (for a looped file: one play)."""
 
-    gen: int
-    lazy: bool  # grab() every frame, retrieve() only the ones worth converting
     pace: float  # seconds between frames for a realtime file (0: as fast as read)
     expected: int  # frames the file says it has (0: unknown, or a live source)
     next_t: float = 0.0
@@ -364,8 +362,7 @@ class Capture:
         # convert (retrieve + prepare) only the ones inference may take.
         lazy = not self.lossless and callable(getattr(cap, "grab", None)) and \
             callable(getattr(cap, "retrieve", None))
-        p = _Pass(gen, lazy, self._pace_interval(cap), self._frame_count(cap),
-                  next_t=time.monotonic())
+        p = _Pass(self._pace_interval(cap), self._frame_count(cap), next_t=time.monotonic())
         self._grab_t = self._grab_interval = self._convert_s = None
         try:
             while self._current(gen):
@@ -421,13 +418,15 @@ class Capture:
         missing = p.expected - p.reads
         if p.expected <= 0 or missing <= 0:
             return
+        first = self.unreadable == 0
         self.unreadable += missing
         self.bad_frames += missing
         self.last_error = (f"{missing} of {p.expected} frames of {self.source.display} "
                            "could not be read (damaged or truncated file)")
-        log.warning("video source %s: %d of %d frames could not be read (damaged or "
-                    "truncated file); %d read", self.source.display, missing, p.expected,
-                    p.reads)
+        if first:  # a looped file would say it again on every play
+            log.warning("video source %s: %d of %d frames could not be read (damaged or "
+                        "truncated file); %d read", self.source.display, missing,
+                        p.expected, p.reads)
 
     def _wait_pace(self, p: _Pass) -> None:
         """Holds a ``realtime`` file's frame until it is due (a late one resets the clock)."""

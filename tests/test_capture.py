@@ -390,3 +390,19 @@ def test_daemon_final_line_says_frames_were_unreadable(tmp_path, coral):
     assert done[0].endswith(f"; {60 - classified} frames could not be read (damaged or "
                             "truncated file)"), done
     assert f"{60 - classified} of 60 frames could not be read" in r.stderr  # the warning
+
+
+def test_looped_damaged_file_counts_every_play_and_warns_once(tmp_path, caplog):
+    path = damaged_video(tmp_path)
+    with caplog.at_level("WARNING", logger="edge_runtime.capture"):
+        cap = Capture(parse_source(str(path)), CameraSettings(loop=True), FAST).start()
+        deadline = time.monotonic() + 20
+        plays = 0
+        while time.monotonic() < deadline and plays < 3:
+            cap.get(0.05)
+            m = re.search(r"(\d+) of 60 frames", cap.last_error or "")
+            plays = cap.unreadable // int(m.group(1)) if m else 0
+        cap.stop()
+    missing = int(m.group(1))
+    assert plays >= 3 and cap.unreadable % missing == 0  # each play counted in full
+    assert caplog.text.count("frames could not be read") == 1  # said once, not per play
