@@ -251,6 +251,39 @@ def convert_variant(name: str, saved: Path, options: ExportOptions, rep=None,
     return data, info
 
 
+def write_variants(src: Source, saved: Path, variants: list[str], options: ExportOptions,
+                   provenance: dict, rep=None, calibration_images: int = 0
+                   ) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Converts and writes (atomically, manifest embedded) every variant but edgetpu.
+
+    Returns:
+        (variant -> model path, variant -> report row).
+    """
+    models: dict[str, Path] = {}
+    rows: dict[str, dict] = {}
+    for name in [v for v in variants if v != "edgetpu"]:
+        t0 = time.time()
+        data, quant_info = convert_variant(name, saved, options, rep, calibration_images)
+        seconds = time.time() - t0
+        data = embed_manifest(data, _exported_manifest(src, provenance, quant_info).to_dict())
+        models[name] = src.export_dir / f"model_{name}.tflite"
+        write_bytes(models[name], data)
+        rows[name] = {"file": models[name].name, "convert_seconds": round(seconds, 2),
+                      "size_bytes": len(data), **(quant_info or {})}
+        print(f"{name}: converted in {seconds:.1f} s ({len(data) / 1024:.0f} KB)",
+              file=sys.stderr)
+    return models, rows
+
+
+def write_beside(src: Source, provenance: dict, models: dict[str, Path]) -> None:
+    """``manifest.json`` (with each variant's sha256) and ``labels.txt`` beside the models."""
+    beside = _exported_manifest(src, provenance, None)
+    beside.extra["variants"] = {k: {"file": v.name, "sha256": src.sha256_of(v)}
+                                for k, v in models.items()}
+    beside.save(src.export_dir / "manifest.json")
+    write_labels(src.export_dir / "labels.txt", src.manifest.labels)
+
+
 def evaluate(models: dict[str, Path], ref: Reference, classes: list[str]) -> dict[str, dict]:
     """Each model's scores on the held-out split and its change vs float32."""
     rows = {name: score(run_model(path, ref.images), ref.labels, ref.probs, classes)
@@ -372,33 +405,12 @@ def export_source(src: Source, options: ExportOptions) -> ExportResult:
     provenance = {"source": str(src.path.resolve()), "source_sha256": src.sha256(),
                   "tensorflow": _tf_version(),
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    rows: dict[str, dict] = {}
-    models: dict[str, Path] = {}
     with signals_interrupt(), work_dir(export_dir, ".savedmodel-") as work:
         saved = saved_model_for(ref.model, tuple(src.manifest.input_size),
                                 work / "saved_model", ref.loaded)
-        rep = n = None
-        if "int8" in variants:
-            rep, n = calibration(src, options)
-        for name in [v for v in variants if v != "edgetpu"]:
-            t0 = time.time()
-            data, quant_info = convert_variant(name, saved, options, rep, n or 0)
-            seconds = time.time() - t0
-            data = embed_manifest(data, _exported_manifest(src, provenance,
-                                                           quant_info).to_dict())
-            models[name] = export_dir / f"model_{name}.tflite"
-            write_bytes(models[name], data)
-            rows[name] = {"file": models[name].name, "convert_seconds": round(seconds, 2),
-                          "size_bytes": len(data), **(quant_info or {})}
-            print(f"{name}: converted in {seconds:.1f} s ({len(data) / 1024:.0f} KB)",
-                  file=sys.stderr)
-
-        beside = _exported_manifest(src, provenance, None)
-        beside.extra["variants"] = {k: {"file": v.name, "sha256": src.sha256_of(v)}
-                                    for k, v in models.items()}
-        beside.save(export_dir / "manifest.json")
-        write_labels(export_dir / "labels.txt", classes)
-
+        rep, n = calibration(src, options) if "int8" in variants else (None, 0)
+        models, rows = write_variants(src, saved, variants, options, provenance, rep, n)
+        write_beside(src, provenance, models)
         report: dict[str, Any] = {"source": str(src.path), "origin": src.origin,
                                   "test_images": int(len(ref.labels)), "skipped": ref.skipped,
                                   "notes": notes, "variants": rows}
