@@ -247,16 +247,19 @@ def test_damaged_video_counts_unreadable_frames(model, work):
 STOP_LINE = {"SIGTERM": re.compile(r"^stopped by (SIGTERM|signal 15)\b"),
              "SIGINT": re.compile(r"^(interrupted \(SIGINT\)|stopped by (SIGINT|signal 2)\b)")}
 # Seeded moments in the first second (imports, model load, start-up) and one later.
-SIGNAL_CASES = ([("SIGTERM", t) for t in gen.signal_times(4, 0.05, 1.0, seed=1)]
-                + [("SIGINT", t) for t in gen.signal_times(3, 0.05, 1.0, seed=2)]
+SIGNAL_CASES = ([("SIGTERM", t) for t in gen.signal_times(4, 0.0, 1.0, seed=1)]
+                + [("SIGINT", t) for t in gen.signal_times(3, 0.0, 1.0, seed=2)]
                 + [("SIGTERM", 2.5), ("SIGINT", 2.5)])
-
+# The interpreter's own start-up (site, the editable-install finder) runs before any of
+# our code and no program can catch a signal there; from the moment the process catches
+# SIGTERM (seen in /proc), every moment is fair game. That moment must come before numpy
+# and OpenCV load (also seen in /proc: a bound that holds on a slow or busy machine).
 
 @pytest.fixture(scope="module")
 def signal_results(model, video) -> dict:
     with ThreadPoolExecutor(JOBS) as pool:
-        res = list(pool.map(lambda c: signal_run(model[0], video, getattr(signal, c[0]),
-                                                 c[1]), SIGNAL_CASES))
+        res = list(pool.map(lambda c: signal_run(model[0], video, getattr(signal, c[0]), c[1],
+                                                 after_guard=True), SIGNAL_CASES))
     return dict(zip(SIGNAL_CASES, res))
 
 
@@ -264,7 +267,10 @@ def signal_results(model, video) -> dict:
 def test_signal_at_any_moment_exits_cleanly_in_one_line(case, signal_results):
     r = signal_results[case]
     want = EXIT_INTERRUPTED if r.sig == "SIGINT" else 0
-    say = f"{r.sig} at {r.delay}s: rc={r.rc} after {r.exit_s}s, stderr={list(r.lines)[-5:]}"
+    say = (f"{r.sig} at {r.delay}s (caught from {r.guarded_s}s, numpy/OpenCV from "
+           f"{r.heavy_s}s): rc={r.rc} after {r.exit_s}s, stderr={list(r.lines)[-5:]}")
+    assert r.guarded_s is not None, say
+    assert r.heavy_s is None or r.guarded_s <= r.heavy_s, say
     assert r.rc == want, say
     assert r.exit_s <= 2.0, say
     assert not any("Traceback" in ln or "KeyboardInterrupt" in ln for ln in r.lines), say
