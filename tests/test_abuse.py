@@ -170,6 +170,30 @@ def test_hostile_image(name, image_results):
         assert o.stdout.startswith(f"{path}:\n"), o.stdout[:200]
 
 
+def test_one_bomb_among_good_images_fails_alone(model, work, photo):
+    """The good images are still classified; the bomb is one line; exit 1."""
+    bomb = work / "among.png"
+    bomb.write_bytes(gen.png_header_bomb())
+    o = run_cli("edge_runtime", "classify", "--model", str(model[0]), *_labels(model),
+                "--json", str(photo), str(bomb), str(photo), timeout=TIMEOUT,
+                memory_limit=MEMORY_LIMIT)
+    assert_clear_error(o, "60000x60000", "limit", bomb.name)
+    docs = [json.loads(ln) for ln in o.stdout.splitlines()]
+    assert [d["image"] for d in docs] == [str(photo), str(photo)]
+
+
+def test_still_image_bomb_as_a_run_source_is_refused(model, work):
+    """``run --source`` a PNG: OpenCV's image-sequence reader would decode it whole."""
+    bomb = work / "source_bomb.png"
+    bomb.write_bytes(gen.png_real_bomb(9000, 9000))
+    o = run_cli("edge_runtime", "run", "--model", str(model[0]), "--source", str(bomb),
+                "--set", "output.jsonl=off", timeout=TIMEOUT, memory_limit=MEMORY_LIMIT)
+    assert o.rc == EXIT_ERROR and not o.traceback, _say(o)
+    errors = [ln for ln in o.lines if not ln.startswith("edgekit:")]
+    assert len(errors) == 1 and errors[0].startswith("error: "), _say(o)
+    assert "9000x9000" in errors[0] and "limit" in errors[0], errors[0]
+
+
 def test_threads_flag_beyond_the_bound_is_one_clear_line(model, photo):
     o = run_cli("edge_runtime", "classify", "--model", str(model[0]), "--threads", "100000",
                 str(photo), timeout=TIMEOUT, memory_limit=MEMORY_LIMIT)
