@@ -443,6 +443,14 @@ def test_stream_and_healthz_token_rules(daemon):
     assert code == 200 and TOKEN.encode() not in body
 
 
+def test_non_reading_stream_clients_leave_room_for_a_viewer(daemon):
+    from benchmarks.http_load import viewer_after_stalled
+
+    r = viewer_after_stalled(f"http://127.0.0.1:{daemon.port}/", stalled=20, token=TOKEN,
+                             settle_s=1.0, timeout=5.0)
+    assert r.status == 200 and r.first_frame_s is not None and r.first_frame_s <= 1.0, r
+
+
 def test_daemon_survives_the_abuse_and_stops_cleanly(daemon):
     """Runs last in this module: after every request above, /latest still answers and
     SIGTERM still ends the daemon with status 0 in one line."""
