@@ -170,9 +170,13 @@ def exit_with(main: Callable[[], int]) -> NoReturn:
     After ``main`` returns, a SIGINT/SIGTERM (e.g. while Python joins threads at exit)
     ends the process at once with the status ``main`` returned, never a traceback.
     """
-    status = cli_main(main)()
-    for s in _SIGNAL_EXIT:
-        signal.signal(s, lambda signum, _frame, st=status: _exit_now(signum, st))
+    try:
+        status = cli_main(main)()
+        for s in _SIGNAL_EXIT:
+            signal.signal(s, lambda signum, _frame, st=status: _exit_now(signum, st))
+    except KeyboardInterrupt as e:  # in the instant between main's return and the above
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        _exit_now(signum, _SIGNAL_EXIT[signum])
     sys.exit(status)
 
 

@@ -151,3 +151,40 @@ def test_heavy_modules_load_only_after_the_handlers():
         assert package in names and "edge_runtime.errors" in names, package
         before = names[:names.index(package) + 1]
         assert not [n for n in before if n.split(".")[0] in heavy], (package, before)
+
+
+HANGING_CLEANUP = r"""
+import time
+from edge_runtime.errors import exit_with, install_signal_handlers
+install_signal_handlers()
+def main():
+    try:
+        print("ready", flush=True)
+        time.sleep(30)
+    finally:
+        time.sleep(30)  # a clean-up that hangs
+    return 1
+exit_with(main)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_second_signal_ends_a_hanging_clean_up_at_once(sig):
+    p = subprocess.Popen([sys.executable, "-c", HANGING_CLEANUP], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        p.send_signal(sig)
+        time.sleep(0.3)
+        assert p.poll() is None  # still in its clean-up
+        t0 = time.monotonic()
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=WAIT_S)
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == WANT[sig] and took < 2.0, (p.returncode, err)
+    assert err.splitlines() == [("interrupted (SIGINT)" if sig == signal.SIGINT
+                                 else "stopped by SIGTERM")]
