@@ -31,13 +31,9 @@ _COMMANDS = ("measure", "report", "compare", "validate", "video-check")
 
 def _threads(text: str) -> int:
     """One interpreter thread count within 1..4 x CPU cores (an argparse type)."""
-    from edge_runtime.config import check_threads
+    from edge_runtime.cli import threads_arg
 
-    try:
-        return check_threads(int(text))
-    except ValueError as e:
-        what = str(e) if text.strip().isdigit() else f"expected an integer, got {text[:40]!r}"
-        raise argparse.ArgumentTypeError(what) from None
+    return threads_arg(text)
 
 
 def _threads_list(text: str) -> list[int]:
