@@ -118,16 +118,19 @@ def test_oversized_headers_are_refused_before_decoding(tmp_path, data, size):
 
 @pytest.mark.parametrize("data, message", [
     (b"hello, not an image", "not an image in a supported format"),
-    (b"\xff\xd8\xff\xe0 truncated", "not a decodable image (corrupt JPEG header: header cut"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00", "not a decodable image (corrupt PNG header: header cut short)"),
+    (b"\xff\xd8\xff\xe0 truncated", "not a decodable image (corrupt JPEG: header cut"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not a decodable image (corrupt PNG: header cut short)"),
     (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 5, 8, 0, 0, 0, 0)),
-     "not a decodable image (corrupt PNG header: size 0x5)"),
-    (b"\xff\xd8\xff\xda\x00\x02", "corrupt JPEG header: JPEG without a frame header"),
-    (b"RIFF\x00\x00\x00\x00WEBPVP8Q", "corrupt WEBP header"),
-    (b"II*\x00\xff\xff\xff\x00", "corrupt TIFF header"),
+     "not a decodable image (corrupt PNG: size 0x5)"),
+    (b"\xff\xd8\xff\xda\x00\x02", "corrupt JPEG: JPEG without a frame header"),
+    (b"RIFF\x00\x00\x00\x00WEBPVP8Q", "corrupt WEBP"),
+    (b"II*\x00\xff\xff\xff\x00", "corrupt TIFF"),
     (b"", "image file is empty"),
+    (_encoded(".png")[:33] + b"\x7f\xff\xff\xff" + _encoded(".png")[37:],
+     "not a decodable image (corrupt PNG: 'IDAT' chunk of 2147483647 bytes runs past the end "
+     "of the file)"),
 ], ids=["text", "jpeg-cut", "png-cut", "png-zero", "jpeg-no-sof", "webp-chunk", "tiff-offset",
-        "empty"])
+        "empty", "png-chunk-length"])
 def test_unknown_and_corrupt_files_get_one_clear_error(tmp_path, data, message):
     p = tmp_path / "bad.png"
     p.write_bytes(data)
@@ -218,3 +221,31 @@ def test_classify_cli_honours_the_environment_limit(tmp_path, coral):
         f"error: image too large to decode: 512x600 = 0.3 Mpx, limit 0.001 Mpx "
         f"(set EDGEKIT_MAX_IMAGE_PIXELS to change it): {coral / 'grace_hopper.bmp'}"]
     assert os.environ.get("EDGEKIT_MAX_IMAGE_PIXELS") is None
+
+
+def test_mutated_images_decode_or_raise_image_error_only():
+    """Bounded fuzz: byte flips in the header and body, truncations, 0xFFFFFFFF sizes."""
+    import random
+
+    r = random.Random(0)
+    bases = [_encoded(e) for e in (".png", ".jpg", ".bmp", ".webp", ".tiff", ".ppm", ".gif")]
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(100):
+        b = bytearray(r.choice(bases))
+        mode = r.randrange(3)
+        if mode == 0:
+            for _ in range(r.randint(1, 8)):
+                b[r.randrange(min(len(b), 64)) if r.random() < 0.7 else r.randrange(len(b))] \
+                    = r.randrange(256)
+        elif mode == 1:
+            b = b[:r.randrange(len(b))]
+        else:
+            pos = r.randrange(min(len(b), 40))
+            b[pos:pos + 4] = b"\xff\xff\xff\xff"
+        try:
+            img = decode(bytes(b))
+            assert img.ndim == 3 and img.shape[2] == 3
+            outcomes["decoded"] += 1
+        except ImageError:
+            outcomes["refused"] += 1
+    assert outcomes["decoded"] > 0 and outcomes["refused"] > 0
