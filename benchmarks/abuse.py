@@ -161,15 +161,21 @@ class MutantResult:
 
 
 def try_mutant(case: gen.Case, folder: Path, image: Path, labels: str | None = None,
-               timeout: float = 60.0) -> tuple[MutantResult, Outcome, Outcome]:
-    """Writes ``case`` into ``folder`` and runs it through classify and lint."""
+               timeout: float = 60.0, keep: bool = True
+               ) -> tuple[MutantResult, Outcome, Outcome]:
+    """Writes ``case`` into ``folder`` and runs it through classify and lint (the file is
+    removed afterwards unless ``keep``; the seed regenerates it)."""
     path = folder / f"{case.name}{case.suffix}"
     path.write_bytes(case.data)
     extra = ["--labels", labels] if labels else []
-    c = run_cli("edge_runtime", "classify", "--model", str(path), *extra, str(image),
-                timeout=timeout)
-    lint = run_cli("convert", "lint", str(path), timeout=timeout)
-    false_pass = lint.rc == 0 and not model_loads(path, timeout)
+    try:
+        c = run_cli("edge_runtime", "classify", "--model", str(path), *extra, str(image),
+                    timeout=timeout, memory_limit=MEMORY_LIMIT)
+        lint = run_cli("convert", "lint", str(path), timeout=timeout)
+        false_pass = lint.rc == 0 and not model_loads(path, timeout)
+    finally:
+        if not keep:
+            path.unlink()
     return (MutantResult(case.name, case.kind, len(case.data), c.brief(), lint.brief(),
                          false_pass), c, lint)
 
@@ -193,7 +199,7 @@ def bench_mutants(model: Path, work: Path, labels: str | None, seed: int, jobs: 
     t0 = time.monotonic()
     with ThreadPoolExecutor(jobs) as pool:
         results = [r for r, _, _ in pool.map(
-            lambda c: try_mutant(c, folder, image, labels), cases)]
+            lambda c: try_mutant(c, folder, image, labels, keep=False), cases)]
     bad = [asdict(r) for r in results
            if r.classify["verdict"] not in ("ok", "clear_error")
            or r.lint["verdict"] not in ("ok", "clear_error", "fail_report")
