@@ -7,6 +7,7 @@ Usage:
     python -m edge_runtime run --config device_configs/NAME.yaml [--set section.key=value ...]
     python -m edge_runtime doctor [--config device_configs/NAME.yaml]
     python -m edge_runtime unit --config device_configs/NAME.yaml [--user USER]
+    python -m edge_runtime selftest --model M.tflite [--labels L] [--json]
 
 ``classify`` prints the top-k classes of each image; with ``--json``, one object per line:
 ``{"image": path, "top": [{"index": int, "label": str, "score": float}, ...]}``.
@@ -17,7 +18,10 @@ and writes one JSON line per result; optionally it serves HTTP (live page, MJPEG
 of a file. With ``--config``, settings come from a device profile; precedence: flags >
 ``--set`` > ``EDGEKIT_<SECTION>_<KEY>`` environment variables > the profile > defaults.
 ``doctor`` checks the machine (and what a profile needs, and lists the cameras);
-``unit`` prints the systemd unit for a profile.
+``unit`` prints the systemd unit for a profile. ``selftest`` replays the golden cases
+stored in a model by ``convert`` on this machine (decoder, resizer, interpreter) and checks
+the file against the sha256 in the manifest beside it: exit 0 when they pass (or the model
+has none: skipped, said in one line), 1 with one line per failed case.
 
 Exit status: 0 done (and after SIGTERM, at any moment, start-up included: a requested
 stop); 1 an error, said in one line on stderr; 2 bad usage; 130 after SIGINT (Ctrl-C).
@@ -165,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--workdir", type=Path, default=None,
                    help="working directory (default: the project root)")
     u.set_defaults(func=_cmd_unit)
+
+    s = sub.add_parser("selftest", help="replay the golden cases stored in a model")
+    _add_model_args(s)
+    s.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    s.set_defaults(func=_cmd_selftest)
     return parser
 
 
@@ -343,6 +352,24 @@ def _run_daemon(args: argparse.Namespace, stop):
               f"({delegate}, threads {threads}); source {source.kind} {source.display}"
               + (f"; http {daemon.server.url}" if daemon.server else ""), file=sys.stderr)
         return daemon.run(), clf
+
+
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    from .selftest import run_selftest
+
+    # The classifier is made only after the file's hash checks out: a corrupted model is
+    # never handed to the interpreter.
+    report = run_selftest(args.model, labels=args.labels, threads=args.threads,
+                          edgetpu=args.edgetpu, normalization=_normalization(args),
+                          interpolation=args.interpolation)
+    for line in report.failure_lines():
+        print(f"selftest: {line}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        print(report.summary(), file=sys.stderr)
+    else:
+        print(report.summary())
+    return EXIT_OK if report.ok else EXIT_ERROR
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

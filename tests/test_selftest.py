@@ -118,3 +118,28 @@ def test_margin_filter_drops_ambiguous_images(golden):
     kept = [c["name"] for c in cases["cases"]]
     scores = [t["score"] for c in cases["cases"] for t in c["top"][:2]]
     assert kept == [] or scores[0] - scores[1] > 2 * cases["tolerance"]
+
+
+def _selftest_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "edge_runtime", "selftest", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_cli_pass_fail_and_missing(golden, tmp_path):
+    model, labels, _ = golden
+    ok = _selftest_cli("--model", model, "--labels", labels, "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["status"] == "pass"
+    bad = _selftest_cli("--model", model, "--labels", labels, "--interpolation", "linear")
+    assert bad.returncode == 1
+    failed = [ln for ln in bad.stderr.splitlines() if ln.startswith("selftest: ")]
+    assert len(failed) >= st.MAX_CASES and all(" case " in ln for ln in failed)
+    assert "selftest FAILED: 0/3" in bad.stdout
+    missing = _selftest_cli("--model", tmp_path / "none.tflite")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == \
+        f"error: model not found: {tmp_path / 'none.tflite'}"
+    assert "Traceback" not in missing.stderr
