@@ -270,18 +270,20 @@ def measure(url: str, token: str | None = None, clients: int = 50, requests: int
             rounds: int = 3) -> dict:
     """All three measurements against a running daemon; returns one JSON-ready dict.
 
-    The fps are medians over ``rounds`` pairs of windows, quiet then loaded (the clients
-    sending for ``fps_seconds``), so that other work on the machine weighs on both alike;
-    latencies and failures come from one run of exactly ``clients`` x ``requests``.
+    The fps are medians over ``rounds`` pairs of windows, loaded (the clients sending for
+    ``fps_seconds``) then quiet, so that other work on the machine weighs on both alike;
+    latencies and failures come from one run of exactly ``clients`` x ``requests``, after
+    a quiet window (the server limits the CPU a flood may take: a burst right after a flood
+    would measure that limit, not the burst).
     """
     quiet, loaded = [], []
-    for _ in range(rounds):
-        quiet.append(inference_fps(url, fps_seconds, token))
+    for _ in range(rounds):  # loaded, then quiet: the burst below starts after a rest
         n0, t0 = frames_total(url, token), time.perf_counter()
         request_load(url, clients, 1_000_000, "latest", token, keep_alive=keep_alive,
                      duration=fps_seconds)
         n1, t1 = frames_total(url, token), time.perf_counter()
         loaded.append(round((n1 - n0) / (t1 - t0), 2))
+        quiet.append(inference_fps(url, fps_seconds, token))
     load = request_load(url, clients, requests, "latest", token, keep_alive=keep_alive)
     stream = viewer_after_stalled(url, stalled, token)
     q, ld = statistics.median(quiet), statistics.median(loaded)
