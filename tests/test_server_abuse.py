@@ -339,3 +339,14 @@ def test_keep_alive_requests_are_not_held_back_by_delayed_acks(serve):
     finally:
         conn.close()
     assert took < 1.0, f"50 keep-alive requests took {took:.2f} s"
+
+
+def test_a_request_flood_is_held_to_the_cpu_share(serve, monkeypatch):
+    monkeypatch.setattr(server_mod, "CPU_SHARE", 0.01)
+    monkeypatch.setattr(server_mod, "CPU_BURST_S", 0.005)
+    monkeypatch.setattr(server_mod, "ADMIT_WAIT_S", 0.2)
+    srv = serve()
+    got = request_load(srv.url, clients=8, requests=25, keep_alive=True, timeout=5.0)
+    # 1% of a core cannot serve 200 requests in time: the excess is told so, quickly.
+    assert got.ok < 150 and got.errors > 0 and got.timeouts == 0, got
+    assert got.first_error == "HTTP 503" and got.seconds < 10, got
