@@ -192,6 +192,7 @@ def validate(model: Any, size: int) -> str | None:
             if item and shape and float(np.prod(shape, dtype=np.float64)) * item > \
                     MAX_TENSOR_BYTES:
                 return f"{where} shape {shape} needs more than 2 GiB"
+        made = set(_ints(g.inputs))
         for oi, op in enumerate(g.operators or []):
             where = f"subgraph {gi} op {oi}"
             if not 0 <= op.opcodeIndex < len(codes):
@@ -199,6 +200,14 @@ def validate(model: Any, size: int) -> str | None:
             if problem := bad(f"op {oi} input", _ints(op.inputs), low=-1) or bad(
                     f"op {oi} output", _ints(op.outputs)):
                 return problem
+            made.update(_ints(op.outputs))
+        for i, t in enumerate(_ints(g.outputs)):
+            # An output no op writes, that is neither an input nor a constant, has no data:
+            # the interpreter loads such a model and fails on every invoke.
+            buf = buffers[tensors[t].buffer]
+            if t not in made and not (buf.data is not None and len(buf.data)) and \
+                    buf.offset <= 1:
+                return f"subgraph {gi} output {i} (tensor {t}) is computed by no operator"
     for mi, md in enumerate(model.metadata or []):
         if not 0 <= md.buffer < len(buffers):
             return f"metadata {mi} uses buffer {md.buffer}, expected 0..{len(buffers) - 1}"

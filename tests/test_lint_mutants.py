@@ -79,6 +79,9 @@ STRUCTURAL = {
                                                        "deprecatedBuiltinCode", 127))),
                            "unknown builtin operator 9999"),
     "no_subgraph": (_edit(lambda m, g: setattr(m, "subgraphs", [])), "no subgraph"),
+    # loads, then fails on every invoke ("Tensor data is null")
+    "no_operators": (_edit(lambda m, g: setattr(g, "operators", [])),
+                     "subgraph 0 output 0 (tensor 173) is computed by no operator"),
     "truncated_to_half": (lambda d: d[:len(d) // 2], "damaged or truncated"),
     "truncated_to_100_bytes": (lambda d: d[:100], "damaged or truncated"),
     "truncated_to_6_bytes": (lambda d: d[:6], "no TFL3 identifier"),
