@@ -24,10 +24,14 @@ if [ -f "$dest/.edgekit-complete" ]; then echo "$dest"; exit 0; fi
 mkdir -p "$cache"
 tmp="$cache/rootfs-$key.building"
 rm -rf "$tmp"
-mmdebstrap --quiet --variant=extract --arch=arm64 \
-    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr --include="$PACKAGES" "$SUITE" "$tmp" \
-    "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
-    "deb $SECURITY $SUITE-security main" >&2
+echo "building the arm64 userland in $dest (once; log: $cache/rootfs-build.log)" >&2
+if ! mmdebstrap --quiet --variant=extract --arch=arm64 \
+        --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr --include="$PACKAGES" "$SUITE" \
+        "$tmp" "deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" \
+        "deb $SECURITY $SUITE-security main" > "$cache/rootfs-build.log" 2>&1; then
+    tail -20 "$cache/rootfs-build.log" >&2
+    exit 1
+fi
 
 # A Pi 4's /proc: plain files for what identifies the board, links into the host's /proc
 # (bound at /.hostproc by chroot.sh) for what processes need about themselves.

@@ -96,6 +96,11 @@ def prerequisites() -> str | None:
     if not entry.exists() or not entry.read_text().startswith("enabled"):
         return "qemu-aarch64 could not be registered with binfmt_misc (update-binfmts " \
                "--enable qemu-aarch64 failed)"
+    flags = next((ln.split(":", 1)[1].strip() for ln in entry.read_text().splitlines()
+                  if ln.startswith("flags:")), "")
+    if "F" not in flags:
+        return f"qemu-aarch64 is registered without the F flag ({flags!r}): it cannot run " \
+               "inside a chroot (install qemu-user-static, which registers it with F)"
     r = _sh(["unshare", "--mount", "--propagation", "private", "true"])
     if r.returncode != 0:
         return f"no mount namespaces (unshare -m: {r.stderr.strip()})"
@@ -164,7 +169,9 @@ def coral_reference(work: Path) -> dict:
 
 def daemon_inputs(cache: Path, work: Path) -> dict:
     """The tiny model and sample video (cached), and x86's results on every frame."""
-    key = _digest(TINY_MODEL.encode(), (ROOT / "train" / "sample_data.py").read_bytes())
+    # Remade when the converter changes: what it embeds (e.g. self-test cases) is tested.
+    key = _digest(TINY_MODEL.encode(), (ROOT / "train" / "sample_data.py").read_bytes(),
+                  *(p.read_bytes() for p in sorted((ROOT / "convert").glob("*.py"))))
     src = cache / f"daemon-{key}"
     if not (src / "model_int8.tflite").is_file():
         log("making the daemon's tiny model and video (once)")
@@ -187,8 +194,9 @@ def daemon_inputs(cache: Path, work: Path) -> dict:
             if r.returncode != 0:
                 raise SystemExit(f"test-arm64: {' '.join(cmd[:3])} failed:\n{r.stderr[-3000:]}")
         (tmp / "daemon").mkdir()
-        for f in ("model_int8.tflite", "manifest.json"):
-            shutil.copy(tmp / "export" / f, tmp / "daemon" / f)
+        for f in (tmp / "export").iterdir():  # the model and whatever sidecars convert writes
+            if f.is_file() and not f.name.startswith("convert_report"):
+                shutil.copy(f, tmp / "daemon" / f.name)
         shutil.copy(tmp / "sample" / "video.avi", tmp / "daemon" / "video.avi")
         shutil.rmtree(src, ignore_errors=True)
         (tmp / "daemon").rename(src)
@@ -264,6 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"SKIPPED: {why}")
         return 0
     times = {}
+    import fcntl
+
+    args.cache.mkdir(parents=True, exist_ok=True)
+    lock = open(args.cache / "lock", "w")  # noqa: SIM115 - held until the process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"another test-arm64 is using {args.cache}; waiting for it")
+        fcntl.flock(lock, fcntl.LOCK_EX)
 
     def lap(name: str, since: float) -> float:
         times[name] = time.monotonic() - since
@@ -314,6 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     (work / "report.md").write_text(report + "\n")
     print("\nx86 vs aarch64, Coral reference models x photos (top-1 index and score):")
     print(report)
+    for name, fmt in (("daemon", "daemon: {frames} results over HTTP-served video, scores vs "
+                       "x86 on the same frames within {diff:.0f} steps"),
+                      ("linear", "linear resize of {photo}: {values_differing} of {of} input "
+                       "values differ from x86 (max {max_diff})")):
+        path = work / f"arm64_{name}.jsonl"
+        for row in map(json.loads, path.read_text().splitlines() if path.exists() else []):
+            print(fmt.format(**row, diff=row.get("max_diff", 0) / row.get("step", 1)))
     machine = next((ln.split(":", 1)[1].strip() for ln in inside.stdout.splitlines()
                     if ln.startswith("uname -m:")), "?")
     tail = next((ln.strip() for ln in reversed(inside.stdout.splitlines())
