@@ -106,6 +106,13 @@ run: setup ## camera loop: make run MODEL=m.tflite SOURCE=0|/dev/video0|file|url
 	$(call require,SOURCE,make run MODEL=path/to/model.tflite SOURCE=0)
 	$(PY) -m edge_runtime run --model $(MODEL) --source '$(SOURCE)' $(ARGS)
 
+LIVE_PORT ?= 8080
+.PHONY: live
+live: setup $(SAMPLE)/video.avi ## live page: the sample video at its frame rate, looped: [MODEL=m.tflite] [LIVE_PORT=8080]
+	@test -f "$(or $(MODEL),$(DEMO)/export/model_int8.tflite)" || { echo "error: no model $(or $(MODEL),$(DEMO)/export/model_int8.tflite); run 'make demo' or pass MODEL=m.tflite" >&2; exit 2; }
+	@echo "Live page: http://127.0.0.1:$(LIVE_PORT)/  (Ctrl-C stops)"
+	$(PY) -m edge_runtime run --model $(or $(MODEL),$(DEMO)/export/model_int8.tflite) --source $(SAMPLE)/video.avi --realtime --loop --http 127.0.0.1:$(LIVE_PORT) --output /dev/null
+
 # Renders edge_runtime/data/edgekit.service for a profile into $(UNIT_DIR) and enables it (run as root).
 UNIT_DIR ?= /etc/systemd/system
 SERVICE_USER ?= edgekit
