@@ -5,7 +5,8 @@ goes through the real CLIs as subprocesses: each case asserts one clear ``error:
 and exit 1, or correct handling (exit 0); never a traceback, a crash or a hang. A small
 fixed sample of model mutants runs here; ``make bench-abuse`` runs the full set.
 Bounded: every subprocess has a timeout and a memory cap, every loop a count; two
-subprocesses at a time; about a minute on two cores. Servers bind 127.0.0.1 only.
+subprocesses at a time; about 45 CPU-seconds in all (some 130 CLI runs), so about a
+minute of wall time on two idle cores. Servers bind 127.0.0.1 only.
 """
 
 from __future__ import annotations
