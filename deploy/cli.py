@@ -1,0 +1,154 @@
+"""Command line of the deploy tool.
+
+Usage:
+    python -m deploy deploy (--host USER@HOST [--port 22] | --inventory hosts.ini)
+                            --config device_configs/NAME.yaml --model M.tflite
+                            [--ssh-key PATH] [--wheelhouse DIR] [--wheel W.whl] [--keep 3]
+                            [--serial 100%] [--max-fail-percent 0] [--health-timeout 60]
+    python -m deploy rollback (--host USER@HOST [--port 22] | --inventory hosts.ini)
+
+``deploy`` builds the edgekit wheel from this checkout (or takes ``--wheel``), uploads the
+model, its manifest and labels, and the profile, and on each device installs
+``~/edgekit/releases/ID``, self-tests the model with the device's interpreter, switches
+``~/edgekit/current`` atomically and restarts the systemd service (when there is one),
+switching back when anything fails. ``rollback`` returns to the previous release.
+One line per host at the end: host, result, release, seconds, reason.
+
+Exit status: 0 every host deployed (or was already current) / rolled back; 1 a host failed,
+was refused (another deploy running) or unreachable, or bad input; 2 bad usage; 130 SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edge_runtime.errors import EXIT_ERROR, EXIT_OK, Parser, cli_main
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text[:40]!r}")
+    return v
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}")
+    return v
+
+
+def _percent(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage 0..100, got {text[:40]!r}")
+    return v
+
+
+def _serial(text: str) -> str:
+    body = text[:-1] if text.endswith("%") else text
+    if not body.isdigit() or int(body) < 1 or (text.endswith("%") and int(body) > 100):
+        raise argparse.ArgumentTypeError(f"expected hosts per batch (N or N%), got "
+                                         f"{text[:40]!r}")
+    return text
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--host", help="one device, [USER@]HOST")
+    where.add_argument("--inventory", type=Path, help="Ansible inventory of devices")
+    p.add_argument("--port", type=_port, default=None, help="SSH port with --host (default 22)")
+    p.add_argument("--ssh-key", type=Path, default=None, help="SSH private key")
+    p.add_argument("--ssh-args", default="",
+                   help="extra ssh options, e.g. '-o UserKnownHostsFile=FILE'")
+    p.add_argument("--serial", type=_serial, default="100%",
+                   help="hosts updated at a time (rolling update): N or N%%")
+    p.add_argument("--max-fail-percent", type=_percent, default=0,
+                   help="stop the remaining batches when more hosts than this fail")
+    p.add_argument("--health-timeout", type=_count, default=60,
+                   help="seconds to wait for /healthz to report fresh frames (systemd only)")
+    p.add_argument("--quiet", action="store_true", help="hide ansible's output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for ``python -m deploy``."""
+    parser = Parser(prog="python -m deploy", description="deploy edgekit models to devices")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    d = sub.add_parser("deploy", help="deploy a model and profile")
+    _target_args(d)
+    d.add_argument("--config", type=Path, required=True, help="device profile (YAML)")
+    d.add_argument("--model", type=Path, required=True, help="the .tflite model")
+    d.add_argument("--wheel", type=Path, default=None,
+                   help="a prebuilt edgekit wheel (default: built from this checkout)")
+    d.add_argument("--wheelhouse", type=Path, default=None,
+                   help="folder of dependency wheels for devices without internet")
+    d.add_argument("--keep", type=_count, default=3, help="releases kept on the device")
+    d.add_argument("--python", default="python3", help="the device's Python for the venv")
+    d.set_defaults(func=_cmd_deploy)
+    r = sub.add_parser("rollback", help="return each device to its previous release")
+    _target_args(r)
+    r.set_defaults(func=_cmd_rollback)
+    return parser
+
+
+def _target(args: argparse.Namespace):
+    from .core import Target, parse_host
+
+    if args.host is not None:
+        parse_host(args.host)  # a bad one is an error before anything runs
+    elif args.port is not None:
+        print("warning: --port applies to --host only; the inventory's ansible_port is used",
+              file=sys.stderr)
+    return Target(args.host, args.inventory, args.port, args.ssh_key, args.ssh_args)
+
+
+def _report(results) -> int:
+    from .core import summary_table
+
+    print(summary_table(results))
+    if not results:
+        print("error: no host in the inventory", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK if all(r.ok for r in results) else EXIT_ERROR
+
+
+def _log(args: argparse.Namespace):
+    import subprocess
+
+    return subprocess.DEVNULL if args.quiet else sys.stderr
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from .core import deploy
+
+    return _report(deploy(_target(args), args.model, args.config, wheel=args.wheel,
+                          wheelhouse=args.wheelhouse, keep=args.keep,
+                          health_timeout=args.health_timeout, python=args.python,
+                          serial=args.serial, max_fail_percent=args.max_fail_percent,
+                          log=_log(args)))
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from .core import rollback
+
+    return _report(rollback(_target(args), args.health_timeout, args.serial,
+                            args.max_fail_percent, log=_log(args)))
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (see the module docstring)."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
