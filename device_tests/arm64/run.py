@@ -321,9 +321,14 @@ def main(argv: list[str] | None = None) -> int:
            venv_key, f"/work/dist/{wheel.name}", "--junitxml=/work/junit.xml", *pytest_args]
     log(f"running the device tests under qemu-aarch64 (QEMU_CPU="
         f"{os.environ.get('QEMU_CPU', 'cortex-a72')}); CPU is shared, so this is slow")
-    inside = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    sys.stdout.write(inside.stdout)
+    lines = []
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as inside:
+        for line in inside.stdout:  # streamed: CI shows progress
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+    output = "".join(lines)
     t = lap("arm64 install + tests", t)
 
     unit = verify_unit(rootfs, work)
@@ -338,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         path = work / f"arm64_{name}.jsonl"
         for row in map(json.loads, path.read_text().splitlines() if path.exists() else []):
             print(fmt.format(**row, diff=row.get("max_diff", 0) / row.get("step", 1)))
-    machine = next((ln.split(":", 1)[1].strip() for ln in inside.stdout.splitlines()
+    machine = next((ln.split(":", 1)[1].strip() for ln in output.splitlines()
                     if ln.startswith("uname -m:")), "?")
-    tail = next((ln.strip() for ln in reversed(inside.stdout.splitlines())
+    tail = next((ln.strip() for ln in reversed(output.splitlines())
                  if " in " in ln and ("passed" in ln or "failed" in ln or "error" in ln)),
                 "no pytest summary")
     print()

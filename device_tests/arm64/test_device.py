@@ -156,7 +156,7 @@ def _get(url: str, timeout: float = 10) -> tuple[int, bytes]:
 def test_daemon_serves_a_video_with_http():
     daemon = REFERENCE["daemon"]
     frames, n_video = daemon["frames"], daemon["video_frames"]
-    out = WORK / "arm64_daemon.jsonl"
+    out = WORK / "daemon" / "arm64.jsonl"
     out.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_runtime", "run", "--model", str(WORK / daemon["model"]),
