@@ -94,6 +94,8 @@ rm -rf "$EK"/releases/.tmp-* "$EK"/.current.tmp "$EK"/.venv.tmp
 for v in "$EK"/venvs/*; do
   [ -d "$v" ] && [ ! -f "$v/.complete" ] && rm -rf "$v"
 done
+# Uploads of deploys killed before they took the lock (a running one's is minutes old).
+[ -d "$EK/incoming" ] && find "$EK/incoming" -mindepth 1 -maxdepth 1 -mmin +1440 -exec rm -rf {} +
 
 current_id() { r=$(readlink "$EK/current" 2>/dev/null) && basename "$r"; }
 
