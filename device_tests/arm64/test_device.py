@@ -266,5 +266,8 @@ def test_selftest_of_models_made_on_x86(model):
         pytest.skip(f"no {model} (the demo model comes from make demo)")
     if _cli("edge_runtime", "selftest", "--help").returncode != 0:
         pytest.skip("python -m edge_runtime selftest is not in this build yet")
-    r = _cli("edge_runtime", "selftest", "--model", str(path), "--json")
+    r = _cli("edge_runtime", "selftest", "--model", str(path))
+    if r.returncode == 0 and "selftest skipped" in r.stdout + r.stderr:
+        pytest.skip(f"{model} has no golden cases (convert stores them only for a run "
+                    "folder's held-out split)")
     assert r.returncode == 0, r.stdout + r.stderr
