@@ -107,16 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cache", choices=CACHE_CHOICES, default="memory",
                    help="keep decoded images after the first epoch: in memory, in a file in "
                         "the run folder (large datasets), or not at all")
-    a = p.add_argument_group("augmentation (training only; 0 turns one off)")
-    a.add_argument("--no-augment", action="store_true", help="no augmentation at all")
-    a.add_argument("--rotation", type=float, default=40.0, help="max rotation, degrees")
-    a.add_argument("--shift", type=float, default=0.2, help="max shift, fraction of the size")
-    a.add_argument("--shear", type=float, default=0.2, help="max shear intensity")
-    a.add_argument("--zoom", type=float, default=0.2, help="max zoom in/out, fraction")
-    a.add_argument("--flip", choices=FLIPS, default="horizontal", help="random flips")
-    a.add_argument("--brightness", type=_brightness, default=(0.4, 1.5),
-                   help="brightness factor range LOW,HIGH (1 = off)")
-    a.add_argument("--contrast", type=float, default=0.0, help="max contrast change, fraction")
+    a = p.add_argument_group("augmentation (training only; 0 turns one off; a flag given "
+                             "here overrides the --augment policy's value)")
+    a.add_argument("--augment", choices=("auto", "none", "light", "classic"), default="auto",
+                   help="auto: a short pilot scored on the validation split picks none, "
+                        "light or classic, flip on or off (augment_pilot.json); light: "
+                        "rotation 15, shift 0.1, zoom 0.1, brightness 0.8-1.25, contrast "
+                        "0.1; classic: rotation 40, shift, shear, zoom 0.2, brightness "
+                        "0.4-1.5 (both without flips unless --flip)")
+    a.add_argument("--no-augment", action="store_true", help="same as --augment none")
+    a.add_argument("--rotation", type=float, help="max rotation, degrees (classic: 40)")
+    a.add_argument("--shift", type=float, help="max shift, fraction of the size (classic: 0.2)")
+    a.add_argument("--shear", type=float, help="max shear intensity (classic: 0.2)")
+    a.add_argument("--zoom", type=float, help="max zoom in/out, fraction (classic: 0.2)")
+    a.add_argument("--flip", choices=FLIPS, help="random flips (presets: none)")
+    a.add_argument("--brightness", type=_brightness,
+                   help="brightness factor range LOW,HIGH, 1 = off (classic: 0.4,1.5)")
+    a.add_argument("--contrast", type=float, help="max contrast change, fraction (classic: 0)")
     h = p.add_argument_group("hyperparameter search (KerasTuner)")
     h.add_argument("--tune", action="store_true",
                    help="search learning rate, dropout, unfreeze depth and alpha first, then "
@@ -129,18 +136,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the parsed arguments describe."""
+    from dataclasses import replace
+
     from .augment import Augment
     from .config import TrainConfig
+    from .policy import preset
 
-    augment = None if args.no_augment else Augment(
-        rotation=args.rotation, shift=args.shift, shear=args.shear, zoom=args.zoom,
-        flip=args.flip, brightness=args.brightness, contrast=args.contrast)
+    policy = "none" if args.no_augment else args.augment
+    names = ("rotation", "shift", "shear", "zoom", "flip", "brightness", "contrast")
+    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if policy == "none":
+        augment = None  # --no-augment / --augment none win over single flags
+    else:
+        # Single flags start from the named preset (auto: the classic recipe they document).
+        augment = preset("classic" if policy == "auto" else policy)
+        if given:
+            augment = replace(augment or Augment(), **given)
+            policy = "custom"
     return TrainConfig(
         data=args.data or "", out=args.out, weights=args.weights, alpha=args.alpha,
         img_size=args.img_size, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
         unfreeze=args.unfreeze, batch_size=args.batch_size, learning_rate=args.learning_rate,
         dropout=args.dropout, l2=args.l2, label_smoothing=args.label_smoothing,
-        patience=args.patience, augment=augment, resize=args.resize,
+        patience=args.patience, augment=augment, augment_policy=policy, resize=args.resize,
         interpolation=args.interpolation,
         class_weights=not args.no_class_weights, min_per_class=args.min_per_class,
         lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs, cache=args.cache,

@@ -16,6 +16,7 @@ from .pipeline import CACHE_CHOICES
 
 SCHEDULES = ("constant", "cosine", "plateau")
 STRATEGIES = ("default", "mirrored", "multiworker")
+AUGMENT_POLICIES = ("auto", "none", "light", "classic", "custom")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class TrainConfig:
         test_fraction: share of each class held out, never seen in training.
         patience: early-stopping patience in epochs.
         augment: augmentation settings, or None for none.
+        augment_policy: "auto" (a short pilot on the validation split picks ``augment``
+            among none, light and classic, flip on or off; see :mod:`train.policy`),
+            "none", "light", "classic" (the named presets) or "custom" (``augment`` as
+            given).
         resize: "center_crop" or "stretch"; recorded so the runtime does the same.
         interpolation: how images are shrunk, "linear" or "area"
             (:data:`edge_runtime.preprocess.INTERPOLATIONS`); recorded likewise.
@@ -73,6 +78,7 @@ class TrainConfig:
     test_fraction: float = 0.15
     patience: int = 5
     augment: Augment | None = field(default_factory=Augment)
+    augment_policy: str = "custom"
     resize: str = "center_crop"
     interpolation: str = DEFAULT_INTERPOLATION
     class_weights: bool = True
@@ -91,7 +97,8 @@ class TrainConfig:
         if not 0 < self.val_fraction < 0.5 or not 0 < self.test_fraction < 0.5:
             raise EdgekitError("val and test fractions must be in (0, 0.5), got "
                                f"{self.val_fraction} and {self.test_fraction}")
-        choices = {"lr_schedule": SCHEDULES, "strategy": STRATEGIES, "cache": CACHE_CHOICES,
+        choices = {"augment_policy": AUGMENT_POLICIES, "lr_schedule": SCHEDULES,
+                   "strategy": STRATEGIES, "cache": CACHE_CHOICES,
                    "resize": ("center_crop", "stretch"), "interpolation": INTERPOLATIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

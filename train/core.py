@@ -10,7 +10,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -166,6 +166,7 @@ class _Run:
     resume: bool
     state: ckpt.State
     data: _Data
+    cache: dict = field(default_factory=dict)  # decoded training images, when decoded
 
     @property
     def weights(self) -> str | None:
@@ -182,11 +183,32 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     """Trains into the prepared folder ``out``: settings, data, training, outputs."""
     run = _start(cfg, out, resume)
     with training_context(run.cfg) as strategy:
+        _choose_augmentation(run)
         t0 = time.time()
         model = _train(run, strategy)
         train_seconds = time.time() - t0
         _write_outputs(run, model, train_seconds)
+    from .policy import diagnose
+
+    note = diagnose(run.state.history, run.cfg.augment is not None, run.cfg.patience)
+    if note:
+        print(note, file=sys.stderr)
     return out
+
+
+def _choose_augmentation(run: _Run) -> None:
+    """``--augment auto``: the pilot picks the augmentation (once; a resumed run keeps the
+    recorded choice); then ``augment_preview.png`` shows what the model will see."""
+    from .policy import choose_augmentation, write_preview
+
+    if run.cfg.augment_policy == "auto" and not run.resume:
+        run.cfg, _ = choose_augmentation(run.cfg, run.data, run.weights, run.steps,
+                                         run.cache)
+        run.cfg.save(run.out / "train_config.json")
+    else:
+        print(f"augmentation: {run.cfg.augment_policy}", file=sys.stderr)
+    write_preview(run.cfg, run.data.root, run.data.split.train,
+                  run.out / "augment_preview.png")
 
 
 def _start(cfg: TrainConfig, out: Path, resume: bool) -> _Run:
@@ -298,7 +320,10 @@ def _train(run: _Run, strategy):
         else:
             model, base = build_and_compile(cfg, len(d.classes), run.weights, run.steps)
     if run.state.phase == "head" and not run.state.phase_done:
-        _fit(run, model, cfg.epochs, train_ds, val_ds)
+        if _head_on_features(run, strategy):
+            _fit_head_on_features(run, model)
+        else:
+            _fit(run, model, cfg.epochs, train_ds, val_ds)
     if run.weights is not None and cfg.fine_tune_epochs > 0:
         if run.state.phase == "head":
             _start_fine_tuning(run, model, base, strategy)
@@ -313,6 +338,35 @@ def _fit(run: _Run, model, epochs: int, train_ds, val_ds) -> None:
     model.fit(train_ds, validation_data=val_ds, epochs=epochs,
               initial_epoch=run.state.epoch, callbacks=_callbacks(run), class_weight=cw,
               verbose=1 if sys.stdout.isatty() else 2)
+    ckpt.finish_phase(run.out, run.state, model)
+
+
+def _head_on_features(run: _Run, strategy) -> bool:
+    """A frozen base and no augmentation: every epoch would compute the same features."""
+    import tensorflow as tf
+
+    return (run.weights is not None and run.cfg.augment is None and run.state.epoch == 0
+            and not run.resume and strategy is tf.distribute.get_strategy())
+
+
+def _fit_head_on_features(run: _Run, model) -> None:
+    """The frozen phase on base features computed once (see :mod:`train.policy`)."""
+    from .data import load_arrays
+    from .policy import fit_head_on_features
+
+    cfg, d = run.cfg, run.data
+    if "x_tr" not in run.cache:
+        x, y, _ = load_arrays(d.root, d.split.train, (cfg.img_size, cfg.img_size),
+                              cfg.resize, cfg.interpolation)
+        run.cache.update(x_tr=x, y_tr=y)
+    cw = class_weights(d.split, len(d.classes)) if cfg.class_weights else None
+    lr = _learning_rate(cfg, run.steps, cfg.learning_rate, cfg.epochs)
+    _, t_feat, t_fit = fit_head_on_features(
+        model, cfg, lr, run.cache["x_tr"], run.cache["y_tr"], d.x_va, d.y_va, cfg.epochs,
+        callbacks=_callbacks(run), class_weight=cw,
+        verbose=1 if sys.stdout.isatty() else 2)
+    print(f"frozen phase on cached base features: {t_feat:.1f} s computing them once, "
+          f"{t_fit:.1f} s training the head", file=sys.stderr)
     ckpt.finish_phase(run.out, run.state, model)
 
 

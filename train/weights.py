@@ -176,6 +176,9 @@ def fill_base(base, convs: list[FloatConv]) -> None:
 
 def classifier_weights(convs: list[FloatConv]):
     """The last 1x1 convolution as Dense weights: (kernel (in, classes), bias (classes,))."""
+    if len(convs) < 2:
+        raise EdgekitError(f"the TFLite model has {len(convs)} convolutions, expected 53 "
+                           "(MobileNetV2 1.0: 52 plus the classifier)")
     last = convs[-1]
     if last.op != "CONV_2D" or last.kernel.shape[1:3] != (1, 1):
         raise EdgekitError(f"the last convolution ({last.name}) is not a 1x1 CONV_2D; "
