@@ -8,9 +8,8 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 SAMPLE := data/sample
 DEMO   := runs/demo
 # CPU-friendly demo settings: from scratch (no download), tiny model, ~2-3 minutes on 2 cores.
-# Light augmentation: the sample shapes already vary in rotation, scale and lighting.
-DEMO_TRAIN := --weights none --alpha 0.35 --img-size 96 --epochs 60 --patience 15 --batch-size 32 --learning-rate 3e-3 \
-	--rotation 36 --shift 0 --shear 0 --zoom 0.15 --brightness 1 --contrast 0.2
+# Augmentation: the default --augment auto picks it by a short pilot on the validation split.
+DEMO_TRAIN := --weights none --alpha 0.35 --img-size 96 --epochs 60 --patience 15 --batch-size 32 --learning-rate 3e-3
 
 require = $(if $(strip $($(1))),,$(error $(1) is not set: $(2)))
 
