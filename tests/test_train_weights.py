@@ -77,3 +77,67 @@ def test_a_model_that_is_not_mobilenetv2_is_refused(coral, tmp_path):
     assert r.returncode == 1 and len(lines) == 1 and "convolutions, expected 53" in lines[0], \
         r.stderr
     assert not (tmp_path / "W.h5").exists()
+
+
+def _few_shot(sample, root, per_class=10):
+    """train/val/test folders: ``per_class`` training images a class, 10 val, 10 test."""
+    import shutil
+
+    for cls in sorted(p.name for p in (sample / "images").iterdir() if p.is_dir()):
+        files = sorted((sample / "images" / cls).glob("*.jpg"))
+        for split, chunk in (("train", files[:per_class]),
+                             ("val", files[per_class:per_class + 10]),
+                             ("test", files[per_class + 10:per_class + 20])):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for f in chunk:
+                shutil.copy(f, root / split / cls / f.name)
+    return root
+
+
+def test_frozen_then_fine_tuned_on_real_features_with_auto_augmentation(rebuilt, sample,
+                                                                        tmp_path):
+    import json
+
+    from train.config import TrainConfig
+    from train.core import fine_tune
+
+    r, _ = rebuilt
+    data = _few_shot(sample, tmp_path / "few")
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), weights=str(r.weights),
+                      alpha=1.0, img_size=64, epochs=2, fine_tune_epochs=1, unfreeze=10,
+                      batch_size=16, augment_policy="auto", seed=0)
+    out = fine_tune(cfg)
+    pilot = json.loads((out / "augment_pilot.json").read_text())
+    assert pilot["scored_on"] == "validation split"
+    names = [c["policy"] for c in pilot["candidates"]]
+    assert names[:3] == ["none", "light", "classic"]
+    assert pilot["candidates"][0]["trained_on"] == "cached features"
+    assert pilot["winner"] in names
+    won = next(c for c in pilot["candidates"] if c["policy"] == pilot["winner"])
+    recorded = json.loads((out / "train_config.json").read_text())
+    assert recorded["augment_policy"] == "auto" and recorded["augment"] == won["augment"]
+    assert (out / "augment_preview.png").stat().st_size > 1000
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 3  # 2 frozen + 1 fine-tuning
+    # ImageNet features separate the four shapes from 10 images a class at once.
+    assert metrics["test"]["top1"] >= 0.75, metrics["test"]["top1"]
+
+
+def test_frozen_head_trains_on_cached_features(rebuilt, sample, tmp_path, capsys):
+    import json
+
+    from train.checkpoint import load_model
+    from train.config import TrainConfig
+    from train.core import fine_tune
+
+    r, _ = rebuilt
+    data = _few_shot(sample, tmp_path / "few")
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), weights=str(r.weights),
+                      alpha=1.0, img_size=64, epochs=3, batch_size=16, augment=None,
+                      augment_policy="none", seed=0)
+    out = fine_tune(cfg)
+    assert "frozen phase on cached base features" in capsys.readouterr().err
+    best = load_model(out / "checkpoints" / "best.keras")  # the whole model, images in
+    assert best.input_shape == (None, 64, 64, 3)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 3 and metrics["test"]["top1"] >= 0.75
