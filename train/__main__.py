@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_runtime.preprocess import DEFAULT_INTERPOLATION, INTERPOLATIONS
 
     from .augment import FLIPS
-    from .config import CACHE_CHOICES, SCHEDULES, STRATEGIES
+    from .config import AUGMENT_CHOICES, CACHE_CHOICES, SCHEDULES, STRATEGIES
     from .model import ALPHAS
 
     p = Parser(prog="python -m train", description=__doc__.split("\n")[0])
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the run folder (large datasets), or not at all")
     a = p.add_argument_group("augmentation (training only; 0 turns one off; a flag given "
                              "here overrides the --augment policy's value)")
-    a.add_argument("--augment", choices=("auto", "none", "light", "classic"), default="auto",
+    a.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
                    help="auto: a short pilot scored on the validation split picks none, "
                         "light or classic, flip on or off (augment_pilot.json); light: "
                         "rotation 15, shift 0.1, zoom 0.1, brightness 0.8-1.25, contrast "

@@ -16,7 +16,8 @@ from .pipeline import CACHE_CHOICES
 
 SCHEDULES = ("constant", "cosine", "plateau")
 STRATEGIES = ("default", "mirrored", "multiworker")
-AUGMENT_POLICIES = ("auto", "none", "light", "classic", "custom")
+AUGMENT_CHOICES = ("auto", "none", "light", "classic")  # what --augment accepts
+AUGMENT_POLICIES = (*AUGMENT_CHOICES, "custom")  # custom: single flags given
 
 
 @dataclass(frozen=True)

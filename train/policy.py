@@ -17,8 +17,6 @@ from edge_runtime.fileio import atomic_path, write_json
 
 from .augment import Augment
 
-POLICIES = ("auto", "none", "light", "classic", "custom")
-
 
 def preset(name: str, flip: str = "none") -> Augment | None:
     """The augmentation of a named policy: "none", "light" or "classic" (``flip`` added).
