@@ -7,12 +7,15 @@ Usage:
     python -m convert [export] MODEL.keras|SAVED_MODEL_DIR --labels L --img-size N [--data DIR]
     python -m convert lint MODEL.tflite [--json]
 
-Writes export/model_<variant>.tflite (the manifest embedded in each), labels.txt,
-manifest.json, convert_report.json and convert_report.md, and prints a table (top-1,
-agreement with the source model, drop vs float32, size). Exit status: 0 done; 1 when int8
-loses more than --max-drop points of top-1, an Edge TPU model leaves ops on the CPU, or on
-bad input (one line on stderr); 2 bad usage; 0 after SIGTERM and 130 after SIGINT (at any
-moment, start-up included: one line, finished models intact, none partial).
+Writes export/model_<variant>.tflite (the manifest and a few golden self-test cases
+embedded in each; ``onnx``: export/model.onnx, the same in its metadata), labels.txt,
+manifest.json (with each model's sha256), convert_report.json and convert_report.md, and
+prints a table (top-1, agreement with the source model, drop vs float32, size).
+
+Exit status: 0 done; 1 when int8 loses more than --max-drop points of top-1, an Edge TPU
+model leaves ops on the CPU, or on bad input (one line on stderr); 2 bad usage; 0 after
+SIGTERM and 130 after SIGINT (at any moment, start-up included: one line, finished models
+intact, none partial).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="convert a run (or a Keras model) and check each variant")
     p.add_argument("run", help="training run folder (runs/NAME), .keras file or SavedModel")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help="comma-separated: float32, float16, dynamic, int8, edgetpu")
+                   help="comma-separated: float32, float16, dynamic, int8, edgetpu, onnx")
     p.add_argument("--calib", type=_positive, default=300, help="int8 calibration images")
     p.add_argument("--io", choices=IO_TYPES, default="uint8",
                    help="int8 model input/output type (the Edge TPU needs uint8 or int8)")

@@ -48,7 +48,8 @@ class ExportOptions:
     """What to build and what to promise; validated when made.
 
     Attributes:
-        variants: among float32, float16, dynamic, int8, edgetpu, in order.
+        variants: among float32, float16, dynamic, int8, edgetpu, onnx (float ONNX for
+            ONNX Runtime: TensorRT/CUDA on a Jetson), in order.
         calib: int8 calibration images, stratified from the training split (>= 1).
         io: int8 model input/output type: "uint8" (Edge TPU), "int8" or "float".
         max_drop: fail when int8 top-1 is more than this many points below float32;
@@ -262,6 +263,9 @@ def write_variants(src: Source, saved: Path, variants: list[str], options: Expor
     models: dict[str, Path] = {}
     rows: dict[str, dict] = {}
     for name in [v for v in variants if v != "edgetpu"]:
+        if name == "onnx":
+            models[name], rows[name] = _onnx_variant(src, saved, provenance)
+            continue
         t0 = time.time()
         data, quant_info = convert_variant(name, saved, options, rep, calibration_images)
         seconds = time.time() - t0
@@ -273,6 +277,80 @@ def write_variants(src: Source, saved: Path, variants: list[str], options: Expor
         print(f"{name}: converted in {seconds:.1f} s ({len(data) / 1024:.0f} KB)",
               file=sys.stderr)
     return models, rows
+
+
+def _onnx_variant(src: Source, saved: Path, provenance: dict) -> tuple[Path, dict]:
+    """The float model as ONNX with the manifest in its metadata (see convert.onnx_export)."""
+    from .onnx_export import embed, export_onnx
+
+    t0 = time.time()
+    path = src.export_dir / "model.onnx"
+    export_onnx(saved, tuple(src.manifest.input_size), path)
+    embed(path, _exported_manifest(src, provenance, None).to_dict())
+    seconds = time.time() - t0
+    size = path.stat().st_size
+    print(f"onnx: converted in {seconds:.1f} s ({size / 1024:.0f} KB)", file=sys.stderr)
+    return path, {"file": path.name, "convert_seconds": round(seconds, 2), "size_bytes": size}
+
+
+def selftest_images(src: Source, limit: int = 24) -> list[tuple[str, np.ndarray]]:
+    """Held-out images (BGR, as stored) to choose golden cases from, round-robin by class."""
+    from edge_runtime.preprocess import load_image
+
+    if src.split is None or src.data_root is None:
+        return []
+    by_class: dict[int, list[str]] = {}
+    for rel, ci in src.split.test:
+        by_class.setdefault(ci, []).append(rel)
+    picked: list[str] = []
+    while len(picked) < limit and any(by_class.values()):
+        for ci in sorted(by_class):
+            if by_class[ci] and len(picked) < limit:
+                picked.append(by_class[ci].pop(0))
+    out = []
+    for rel in picked:
+        try:
+            out.append((rel, np.ascontiguousarray(load_image(src.data_root / rel)[..., ::-1])))
+        except EdgekitError:
+            continue  # the pre-scan already reported it; a golden case needs a good image
+    return out
+
+
+def add_selftests(models: dict[str, Path], images: list[tuple[str, np.ndarray]], work: Path
+                  ) -> dict[str, int]:
+    """Stores golden cases (see edge_runtime.selftest) in every model, made by running each
+    model with the runtime on a copy in ``work`` (no stale manifest.json beside it).
+
+    Returns:
+        variant -> number of golden cases stored.
+    """
+    import shutil
+
+    from edge_runtime.classify import Classifier
+    from edge_runtime.selftest import embed_cases, make_cases
+
+    counts: dict[str, int] = {}
+    if not images:
+        return counts
+    (work / "selftest").mkdir(exist_ok=True)
+    for name, path in models.items():
+        copy = work / "selftest" / path.name
+        shutil.copyfile(path, copy)
+        try:
+            cases = make_cases(Classifier(copy), images)
+        except EdgekitError as e:  # e.g. an ONNX model without onnxruntime here
+            print(f"{name}: no self-test cases ({e})", file=sys.stderr)
+            continue
+        if path.suffix == ".onnx":
+            from edge_runtime.onnx_backend import read_embedded_manifest
+
+            from .onnx_export import embed
+
+            embed(path, read_embedded_manifest(path) or {}, cases)
+        else:
+            write_bytes(path, embed_cases(path.read_bytes(), cases))
+        counts[name] = len(cases["cases"])
+    return counts
 
 
 def write_beside(src: Source, provenance: dict, models: dict[str, Path]) -> None:
@@ -410,6 +488,8 @@ def export_source(src: Source, options: ExportOptions) -> ExportResult:
                                 work / "saved_model", ref.loaded)
         rep, n = calibration(src, options) if "int8" in variants else (None, 0)
         models, rows = write_variants(src, saved, variants, options, provenance, rep, n)
+        for name, count in add_selftests(models, selftest_images(src), work).items():
+            rows[name]["selftest_cases"] = count
         write_beside(src, provenance, models)
         report: dict[str, Any] = {"source": str(src.path), "origin": src.origin,
                                   "test_images": int(len(ref.labels)), "skipped": ref.skipped,

@@ -220,6 +220,8 @@ def labels_digest(labels: dict[int, str]) -> str:
 
 def embed_cases(model: bytes, cases: dict[str, Any]) -> bytes:
     """Returns ``model`` with the golden cases stored in its metadata."""
+    from .metadata import embed_entry
+
     return embed_entry(model, SELFTEST_NAME, json.dumps(cases, sort_keys=True).encode())
 
 
@@ -231,6 +233,8 @@ def read_cases(model: str | Path | bytes) -> dict[str, Any] | None:
         text = read_metadata(model, SELFTEST_KEY)
         raw = None if text is None else text.encode("utf-8")
     else:
+        from .metadata import read_entry
+
         raw = read_entry(model, SELFTEST_NAME)
     if raw is None:
         return None
@@ -243,58 +247,27 @@ def read_cases(model: str | Path | bytes) -> dict[str, Any] | None:
     return cases
 
 
-def _schema() -> Any:
-    from . import metadata
-
-    schema = metadata._schema()
-    if schema is None:
-        raise EdgekitError("no TFLite schema module (install ai-edge-litert)")
-    return schema
-
-
-def read_entry(model: str | Path | bytes, name: str) -> bytes | None:
-    """The bytes of the metadata entry ``name`` in a ``.tflite`` model, or None."""
-    schema = _schema()
-    buf = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+def recorded_sha256(model_path: Path) -> str | None:
+    """The sha256 the manifest beside a model records for it (``convert`` writes one per
+    variant), or None."""
+    side = model_path.parent / "manifest.json"
     try:
-        m = schema.Model.GetRootAs(buf, 0)
-        for i in range(m.MetadataLength()):
-            md = m.Metadata(i)
-            if md.Name() == name.encode():
-                return bytes(m.Buffers(md.Buffer()).DataAsNumpy())
-    except Exception:  # a damaged FlatBuffer: no readable entry
+        d = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return None
-
-
-def embed_entry(model: bytes, name: str, data: bytes) -> bytes:
-    """Returns ``model`` with ``data`` stored as its metadata entry ``name`` (replaced)."""
-    import flatbuffers
-
-    schema = _schema()
-    m = schema.ModelT.InitFromPackedBuf(model, 0)
-    m.metadata = [md for md in (m.metadata or []) if md.name not in (name, name.encode())]
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(data, np.uint8)
-    m.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = name
-    entry.buffer = len(m.buffers) - 1
-    m.metadata.append(entry)
-    builder = flatbuffers.Builder(len(model) + len(data) + 1024)
-    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    if not isinstance(d, dict):
+        return None
+    variants = d.get("variants")
+    if isinstance(variants, dict):
+        for v in variants.values():
+            if isinstance(v, dict) and v.get("file") == model_path.name:
+                return v.get("sha256")
+    flat = d.get("model_sha256")
+    return flat.get(model_path.name) if isinstance(flat, dict) else None
 
 
 def _check_hash(model_path: Path) -> list[str]:
-    side = model_path.parent / "manifest.json"
-    if not side.is_file():
-        return []
-    try:
-        recorded = json.loads(side.read_text(encoding="utf-8")).get("model_sha256") or {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return []
-    want = recorded.get(model_path.name) if isinstance(recorded, dict) else None
+    want = recorded_sha256(model_path)
     if not want:
         return []
     got = file_sha256(model_path)
