@@ -251,24 +251,62 @@ def _run_config(args: argparse.Namespace):
 
 
 def _open_classifier(cfg, norm):
-    """The profile's model and where it runs ("edgetpu" or "cpu").
+    """The profile's model and where it runs ("edgetpu", "cpu" or the ONNX provider).
 
-    On a missing Edge TPU, the profile's CPU fallback model when one is set (said on stderr).
+    On a missing Edge TPU, or an ONNX model whose first requested provider (TensorRT or
+    CUDA on a Jetson) is missing, the profile's fallback model when one is set (said once
+    on stderr).
     """
     from .classify import Classifier
 
     m = cfg.model
     edgetpu = (m.edgetpu_device or True) if m.delegate == "edgetpu" else False
+    providers = m.provider_list()
     try:
-        return (Classifier(m.path, threads=m.threads, edgetpu=edgetpu, normalization=norm,
-                           interpolation=m.interpolation),
-                "edgetpu" if edgetpu else "cpu")
+        clf = Classifier(m.path, threads=m.threads, edgetpu=edgetpu, normalization=norm,
+                         interpolation=m.interpolation, providers=providers,
+                         engine_cache=m.engine_cache)
+        if clf.provider is not None and providers and m.fallback and \
+                clf.provider != _full_provider(providers[0]):
+            raise EdgekitError(f"ONNX Runtime has no {providers[0]} provider here (it runs "
+                               f"{clf.provider})")
+        where = clf.provider or ("edgetpu" if edgetpu else "cpu")
+        return clf, where
     except EdgekitError as e:
-        if not (edgetpu and m.fallback):
+        if not ((edgetpu or providers) and m.fallback):
             raise
         print(f"warning: {e}; falling back to the CPU model {m.fallback}", file=sys.stderr)
         return (Classifier(m.fallback, threads=m.threads, normalization=norm,
                            interpolation=m.interpolation), "cpu (fallback)")
+
+
+def _full_provider(name: str) -> str:
+    from .onnx_backend import SHORT_NAMES
+
+    return SHORT_NAMES.get(name, name)
+
+
+def check_model(clf, mode: str):
+    """Replays the model's golden cases (``model.selftest``); returns the report.
+
+    Raises:
+        EdgekitError: they fail and ``mode`` is "fail" (each failure said on stderr first).
+    """
+    from .selftest import run_selftest
+
+    if mode == "off":
+        return None
+    report = run_selftest(clf.model_path, classifier=clf)
+    for line in report.failure_lines():
+        print(f"selftest: {line}", file=sys.stderr)
+    clf.selftest_status = report.status
+    if not report.ok and mode == "fail":
+        raise EdgekitError(report.summary() + "; refusing to serve (model.selftest: warn "
+                           "serves anyway)")
+    if not report.ok:
+        print(f"warning: {report.summary()}; serving anyway (model.selftest: warn)",
+              file=sys.stderr)
+    return report
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -319,6 +357,7 @@ def _run_daemon(args: argparse.Namespace, stop):
         from .labels import read_labels
 
         clf.labels = read_labels(args.labels)
+    check_model(clf, cfg.model.selftest)
     if stop.event.is_set():
         return {"frames": 0, "seconds": 0.0, "fps": 0.0, "mean_inference_ms": 0.0}, clf
     with ExitStack() as stack:
@@ -326,7 +365,8 @@ def _run_daemon(args: argparse.Namespace, stop):
         stack.callback(capture.stop)
         metrics = Metrics({"backend": clf.backend.name, "version": clf.backend.version,
                            "model": str(clf.model_path), "delegate": delegate,
-                           "profile": cfg.name})
+                           "profile": cfg.name,
+                           "selftest": getattr(clf, "selftest_status", "off")})
         writer = None
         if cfg.output.jsonl.lower() != "off":
             writer = JsonlWriter(cfg.output.jsonl, cfg.output.max_bytes, cfg.output.backups)

@@ -28,6 +28,8 @@ from .errors import EdgekitError, brief
 MAX_PROFILE_BYTES = 256 * 1024  # shipped profiles are ~2 KB
 INTERPOLATIONS = ("linear", "area")  # as edge_runtime.preprocess.INTERPOLATIONS
 DELEGATES = ("cpu", "edgetpu")
+SELFTEST_MODES = ("fail", "warn", "off")
+ONNX_PROVIDERS = ("tensorrt", "cuda", "cpu")
 FLIPS = ("none", "horizontal", "vertical", "rotate180")
 
 
@@ -62,6 +64,13 @@ class ModelSettings:
         interpolation: how frames are shrunk, "linear" or "area"; None: as the model's
             manifest says ("area" for a model without one). Set it for a model not made
             here whose training resize you know.
+        selftest: at start, replay the golden cases stored in the model
+            (``python -m edge_runtime selftest``): "fail" refuses to serve when they
+            fail, "warn" serves and reports it on /healthz and /metrics, "off" skips.
+        providers: for an ``.onnx`` model, ONNX Runtime providers best first, comma
+            separated among tensorrt, cuda, cpu (None: every one this build has). When
+            the first one is missing and ``fallback`` is set, the fallback model runs.
+        engine_cache: TensorRT engine cache folder (the first engine build is slow).
     """
 
     path: str = "runs/demo/export/model_int8.tflite"
@@ -70,8 +79,24 @@ class ModelSettings:
     delegate: str = "cpu"
     edgetpu_device: str | None = None
     interpolation: str | None = None
+    selftest: str = "fail"
+    providers: str | None = None
+    engine_cache: str | None = None
+
+    def provider_list(self) -> list[str] | None:
+        """``providers`` as a list (None when unset)."""
+        if self.providers is None:
+            return None
+        return [p.strip().lower() for p in self.providers.split(",") if p.strip()]
 
     def __post_init__(self) -> None:
+        if self.selftest not in SELFTEST_MODES:
+            raise ValueError(f"selftest {brief(self.selftest)}, expected one of "
+                             f"{', '.join(SELFTEST_MODES)}")
+        bad = [p for p in self.provider_list() or [] if p not in ONNX_PROVIDERS]
+        if bad or self.provider_list() == []:
+            raise ValueError(f"providers {brief(self.providers)}, expected a comma-separated "
+                             f"list of {', '.join(ONNX_PROVIDERS)}")
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation {brief(self.interpolation)}, expected 'linear' "
                              "or 'area'")

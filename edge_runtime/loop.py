@@ -137,7 +137,8 @@ class Daemon:
                 "bad_frames_total": cap.bad_frames + self.metrics.bad_frames,
                 "unreadable_frames_total": cap.unreadable,
                 "reconnects_total": cap.reconnects, "capture": cap.state,
-                "last_error": cap.last_error}
+                "last_error": cap.last_error,
+                "selftest": getattr(self.classifier, "selftest_status", "off")}
 
     def _keepalive(self, progressed: bool, now: float) -> None:
         """WATCHDOG=1 while frames are classified, or while the camera is being reopened
