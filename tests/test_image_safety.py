@@ -8,7 +8,6 @@ import re
 import struct
 import subprocess
 import sys
-import time
 import zlib
 
 import cv2
@@ -171,15 +170,17 @@ def test_real_400_mpx_png_is_refused_fast_and_small(tmp_path):
     code = ("import resource, sys\n"
             "from edge_runtime.preprocess import load_image, ImageError\n"
             "try:\n    load_image(sys.argv[1])\nexcept ImageError as e:\n    print(e)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
-    t0 = time.perf_counter()
+            "u = resource.getrusage(resource.RUSAGE_SELF)\n"
+            "print(u.ru_maxrss // 1024, u.ru_utime + u.ru_stime)\n")
     out = subprocess.run([sys.executable, "-c", code, str(p)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60, check=True).stdout.splitlines()
-    elapsed = time.perf_counter() - t0
+                         text=True, timeout=120, check=True).stdout.splitlines()
     assert out[0] == (f"image too large to decode: 20000x20000 = 400.0 Mpx, limit 50 Mpx "
                       f"(set EDGEKIT_MAX_IMAGE_PIXELS to change it): {p}")
-    assert int(out[1]) < 300, f"peak RSS {out[1]} MB: the image was decoded"
-    assert elapsed < 15  # the decode alone took 23 s
+    rss_mb, cpu_s = int(out[1].split()[0]), float(out[1].split()[1])
+    assert rss_mb < 300, f"peak RSS {rss_mb} MB: the image was decoded"
+    # CPU time, not wall time, so a loaded machine does not fail it: the decode alone
+    # took 23 s of CPU; imports and the refusal take well under a second.
+    assert cpu_s < 8, f"{cpu_s:.1f} s of CPU: the image was decoded"
 
 
 def test_prescan_rejects_bombs_with_the_runtime_limit(tmp_path):
