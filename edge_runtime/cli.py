@@ -267,9 +267,9 @@ def _open_classifier(cfg, norm):
                          interpolation=m.interpolation, providers=providers,
                          engine_cache=m.engine_cache)
         if clf.provider is not None and providers and m.fallback and \
-                clf.provider != _full_provider(providers[0]):
-            raise EdgekitError(f"ONNX Runtime has no {providers[0]} provider here (it runs "
-                               f"{clf.provider})")
+                clf.provider not in [_full_provider(p) for p in providers]:
+            raise EdgekitError(f"ONNX Runtime has none of the providers {','.join(providers)} "
+                               f"here (it would run on {clf.provider})")
         where = clf.provider or ("edgetpu" if edgetpu else "cpu")
         return clf, where
     except EdgekitError as e:

@@ -83,7 +83,7 @@ class Doctor:
     def run_all(self) -> list[Check]:
         """Runs every check; returns them in order."""
         for check in (self.python, self.system, self.board, self.interpreter, self.edgetpu,
-                      self.coral_usb, self.cameras, self.opencv, self.governor,
+                      self.jetson, self.coral_usb, self.cameras, self.opencv, self.governor,
                       self.throttling, self.temperature, self.profile):
             try:
                 check()
@@ -136,6 +136,50 @@ class Doctor:
                      "pip install ai-edge-litert (no TensorFlow on the device)")
         else:
             self.add("interpreter", "ok", f"{b.name} {b.version}")
+
+    @property
+    def needs_onnx(self) -> bool:
+        """The profile runs an ONNX model."""
+        return self.cfg is not None and self.cfg.model.path.lower().endswith(".onnx")
+
+    def jetson(self) -> None:
+        """JetPack/L4T release, CUDA and TensorRT libraries, and the ONNX Runtime providers
+        that load: on a Jetson, or whenever a profile runs an ONNX model."""
+        import ctypes.util
+
+        tegra = self._read("/etc/nv_tegra_release")
+        if tegra is None and not self.needs_onnx:
+            return
+        if tegra is not None:
+            import re
+
+            first = tegra.splitlines()[0] if tegra else ""
+            m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", first)
+            self.add("jetpack", "info", f"L4T {m.group(1)}.{m.group(2)}" if m
+                     else f"unrecognised /etc/nv_tegra_release: {first[:80]}")
+            for lib, what in (("cudart", "CUDA runtime"), ("nvinfer", "TensorRT")):
+                found = ctypes.util.find_library(lib)
+                self.add(what.lower().replace(" ", "_"), "ok" if found else "warn",
+                         found or f"lib{lib} not found",
+                         "" if found else "sudo apt install nvidia-jetpack (JetPack's "
+                         "CUDA/TensorRT packages)")
+        from .onnx_backend import INSTALL_HINT, available_providers
+
+        have = available_providers()
+        gpu = [p for p in have if p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")]
+        m = self.cfg.model if self.cfg is not None else None
+        fallback = bool(m and m.fallback)
+        if not have:
+            self.add("onnxruntime", self._severity(self.needs_onnx, fallback),
+                     "not installed", INSTALL_HINT)
+        elif not gpu:
+            self.add("onnxruntime", "warn" if (self.needs_onnx or tegra) else "info",
+                     f"providers: {', '.join(have)} (no GPU provider"
+                     + ("; the profile's fallback model runs on the CPU)" if fallback else ")"),
+                     "on a Jetson: the onnxruntime-gpu wheel for your JetPack release from "
+                     "NVIDIA's Jetson packages (PyPI has no aarch64 GPU build)")
+        else:
+            self.add("onnxruntime", "ok", f"providers: {', '.join(have)}")
 
     def edgetpu(self) -> None:
         device = self.cfg.model.edgetpu_device if self.needs_edgetpu else None

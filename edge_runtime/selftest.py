@@ -148,12 +148,14 @@ def golden_image(bgr: np.ndarray, input_size: tuple[int, int], quality: int = 85
 
 
 def _decode(jpeg: bytes) -> np.ndarray:
-    import cv2
+    """The golden image as BGR, through the same size-checked reader as every image (a
+    crafted model must not smuggle in a decompression bomb)."""
+    from .imageio import decode
 
-    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("golden image does not decode")
-    return img
+    try:
+        return decode(jpeg, "golden image", bgr=True)
+    except EdgekitError as e:
+        raise ValueError(str(e)) from None
 
 
 def _frame_classifier(classifier: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,24 @@ def test_runtime_imports_onnxruntime_only_for_onnx_models(coral):
             "print('onnxruntime' in sys.modules, 'tensorflow' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["False", "False"], r.stderr
+
+
+def test_doctor_on_a_jetson_names_jetpack_and_the_missing_gpu_provider(tmp_path):
+    from edge_runtime.config import load_config
+    from edge_runtime.doctor import Doctor
+
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "dev").mkdir()
+    (root / "etc" / "nv_tegra_release").write_text(
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n")
+    cfg = load_config(Path(__file__).parents[1] / "device_configs" / "jetson-orin-nano.yaml",
+                      environ={})
+    checks = {c.name: c for c in Doctor(cfg, root, run=lambda cmd: None,
+                                        edgetpu_loader=lambda d: object()).run_all()}
+    assert checks["jetpack"].detail == "L4T 36.4.3"
+    assert checks["onnxruntime"].status == "warn"  # the CPU-only PyPI build here
+    assert "CPUExecutionProvider" in checks["onnxruntime"].detail
+    assert "fallback model runs on the CPU" in checks["onnxruntime"].detail
+    assert "NVIDIA's Jetson packages" in checks["onnxruntime"].fix
+    assert checks["tensorrt"].status in ("ok", "warn")
