@@ -9,18 +9,20 @@ resize, then swap channels on the small image) and bit-identical to
 
 Shrinking uses one of :data:`INTERPOLATIONS`, recorded in the model's manifest:
 
-* ``"linear"`` (the default for new models): ``INTER_LINEAR``, as TensorFlow's and
+* ``"linear"`` (the default for new models): bilinear (OpenCV's ``INTER_LINEAR_EXACT``,
+  bit-identical on x86 and ARM, unlike ``INTER_LINEAR``), as TensorFlow's and
   Keras's image resizing do by default. Where the image is more than 4x the input in a
   direction, an exact integer box reduction (OpenCV's ``INTER_AREA`` fast path) first
   leaves at most 4x to interpolate, the two-step idea of Pillow's ``reducing_gap``, so a
-  photo or a 1080p frame does not alias badly. About 10x faster than ``"area"`` on a
-  640x480 frame (0.15 ms against 1.9 ms on this project's 2-core x86 machine), which
-  matters when the resize runs once per camera frame beside ``invoke()``.
+  photo or a 1080p frame does not alias badly. About 6x faster than ``"area"`` on a
+  640x480 frame (1.2 ms against 7.2 ms, side by side on this project's 2-core x86 machine
+  under load; plain ``INTER_LINEAR`` 0.5 ms), which matters when the resize runs once per
+  camera frame beside ``invoke()``.
 * ``"area"``: OpenCV's ``INTER_AREA``, the exact box filter. Models whose manifest
   predates the choice were trained with it, and it is the assumption for a model with no
   manifest: it reproduces pycoral's published scores for Coral's models.
 
-Enlarging always uses ``INTER_LINEAR``.
+Enlarging always uses ``INTER_LINEAR_EXACT``.
 """
 
 from __future__ import annotations
@@ -119,12 +121,16 @@ def _resize(img: np.ndarray, size: tuple[int, int], interpolation: str,
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation {interpolation!r}, expected one of "
                          f"{', '.join(INTERPOLATIONS)}")
+    # INTER_LINEAR_EXACT, not INTER_LINEAR: OpenCV's INTER_LINEAR rounds differently with
+    # NEON than with SSE/AVX (about 1 value in 5 is 1 apart on aarch64, measured under
+    # `make test-arm64`), so a Pi would feed the model other pixels than the desktop that
+    # trained it, and the self-test's input digest could never match there.
     if img.shape[0] * img.shape[1] <= h * w:
-        mode = cv2.INTER_LINEAR  # enlarging (or same area): no aliasing to avoid
+        mode = cv2.INTER_LINEAR_EXACT  # enlarging (or same area): no aliasing to avoid
     elif interpolation == "area":
         mode = cv2.INTER_AREA
     else:
-        mode = cv2.INTER_LINEAR
+        mode = cv2.INTER_LINEAR_EXACT
         img = _box_reduce(img, size)  # leaves at least 2x: never the size itself
     if out is None:
         return cv2.resize(img, (w, h), interpolation=mode)

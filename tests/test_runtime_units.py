@@ -146,14 +146,15 @@ def _smooth(h: int, w: int) -> np.ndarray:
 def test_linear_box_reduces_large_images_first_and_area_is_opencvs():
     rng = np.random.default_rng(3)
     frame = _smooth(480, 640)  # under 4x: plain bilinear
+    exact = cv2.INTER_LINEAR_EXACT  # bit-identical on x86 and ARM (INTER_LINEAR is not)
     np.testing.assert_array_equal(fit(frame, (224, 224)),
-                                  cv2.resize(frame, (224, 224), interpolation=cv2.INTER_LINEAR))
+                                  cv2.resize(frame, (224, 224), interpolation=exact))
     np.testing.assert_array_equal(fit(frame, (224, 224), interpolation="area"),
                                   cv2.resize(frame, (224, 224), interpolation=cv2.INTER_AREA))
     big = rng.integers(0, 256, (1081, 1920, 3), np.uint8)  # 4.8x and 8.6x a 224 input
     blocks = big[:1080].reshape(540, 2, 480, 4, 3).astype(np.float64).mean(axis=(1, 3))
     reduced = cv2.resize(np.clip(np.rint(blocks), 0, 255).astype(np.uint8), (224, 224),
-                         interpolation=cv2.INTER_LINEAR)
+                         interpolation=exact)
     got = fit(big, (224, 224))
     assert np.abs(got.astype(int) - reduced.astype(int)).max() <= 1  # rounding only
     # Aliasing shows as noise surviving the resize: bounded by the box reduction.
