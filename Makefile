@@ -130,3 +130,26 @@ lint: setup ## ruff
 
 clean: ## remove generated data and runs (keeps .venv)
 	rm -rf data runs .pytest_cache
+
+# Deploy: desktop -> devices over SSH (deploy/README.md). ansible-core comes with the deploy extra.
+DEPLOY_STAMP := $(VENV)/.deploy-stamp
+$(DEPLOY_STAMP): pyproject.toml | $(STAMP)
+	$(PIP) install -e '.[deploy]'
+	@touch $@
+DEPLOY_TARGET = $(if $(INVENTORY),--inventory $(INVENTORY),--host $(HOST) $(if $(PORT),--port $(PORT))) \
+	$(if $(SSH_KEY),--ssh-key $(SSH_KEY)) $(if $(SERIAL),--serial $(SERIAL)) \
+	$(if $(MAX_FAIL),--max-fail-percent $(MAX_FAIL))
+.PHONY: deploy rollback test-deploy
+deploy: setup $(DEPLOY_STAMP) ## model to a device or fleet: make deploy HOST=user@host|INVENTORY=hosts.ini CONFIG=... MODEL=... [PORT= SSH_KEY= WHEELHOUSE=]
+	$(if $(HOST)$(INVENTORY),,$(error HOST or INVENTORY is not set: make deploy HOST=user@host CONFIG=device_configs/NAME.yaml MODEL=m.tflite))
+	$(call require,CONFIG,make deploy HOST=user@host CONFIG=device_configs/NAME.yaml MODEL=m.tflite)
+	$(call require,MODEL,make deploy HOST=user@host CONFIG=device_configs/NAME.yaml MODEL=m.tflite)
+	$(PY) -m deploy deploy $(DEPLOY_TARGET) --config $(CONFIG) --model $(MODEL) $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) $(ARGS)
+
+rollback: setup $(DEPLOY_STAMP) ## previous release on a device or fleet: make rollback HOST=user@host|INVENTORY=hosts.ini [PORT= SSH_KEY=]
+	$(if $(HOST)$(INVENTORY),,$(error HOST or INVENTORY is not set: make rollback HOST=user@host))
+	$(PY) -m deploy rollback $(DEPLOY_TARGET) $(ARGS)
+
+test-deploy: setup $(DEPLOY_STAMP) ## deploy tests against real sshd on 127.0.0.1 (root; installs openssh-server; ~10 min)
+	@test -x /usr/sbin/sshd || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null); } || echo "openssh-server not installed: the deploy tests will be skipped"
+	$(PY) -m pytest -q -s -p no:cacheprovider device_tests/deploy $(ARGS)
