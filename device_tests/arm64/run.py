@@ -171,9 +171,11 @@ def coral_reference(work: Path) -> dict:
 
 def daemon_inputs(cache: Path, work: Path) -> dict:
     """The tiny model and sample video (cached), and x86's results on every frame."""
-    # Remade when the converter changes: what it embeds (e.g. self-test cases) is tested.
+    # Remade when the converter or the runtime changes: the golden self-test cases it
+    # embeds are made by the runtime's preprocessing and interpreter.
     key = _digest(TINY_MODEL.encode(), (ROOT / "train" / "sample_data.py").read_bytes(),
-                  *(p.read_bytes() for p in sorted((ROOT / "convert").glob("*.py"))))
+                  *(p.read_bytes() for d in ("convert", "edge_runtime")
+                    for p in sorted((ROOT / d).glob("*.py"))))
     src = cache / f"daemon-{key}"
     if not (src / "model_int8.tflite").is_file():
         log("making the daemon's tiny model and video (once)")
@@ -205,11 +207,9 @@ def daemon_inputs(cache: Path, work: Path) -> dict:
         shutil.rmtree(tmp)
     dest = work / "daemon"
     shutil.copytree(src, dest)
-    # model.selftest=warn: an x86-made model fails its self-test on aarch64 (input digest;
-    # test_selftest_of_models_made_on_x86), and the daemon would refuse to serve it.
+    # The daemon replays the model's golden cases before serving (model.selftest: fail).
     args = ["--set", "camera.realtime=true", "--set", "camera.fps=30",
-            "--set", "output.details=true", "--set", "classify.top_k=4",
-            "--set", "model.selftest=warn"]
+            "--set", "output.details=true", "--set", "classify.top_k=4"]
     x86 = dest / "x86.jsonl"
     r = _sh([sys.executable, "-m", "edge_runtime", "run", "--model",
              str(dest / "model_int8.tflite"), "--source", str(dest / "video.avi"),

@@ -90,12 +90,10 @@ def test_photos_decode_bit_exact_with_x86(photo):
         REFERENCE["decoded"][photo]
 
 
-@pytest.mark.xfail(strict=True, reason="cv2.INTER_LINEAR rounds ~22% of values 1 apart on "
-                   "aarch64 (INTER_LINEAR_EXACT is bit-exact): an input digest made on x86 "
-                   "cannot match on a Pi until preprocessing resizes bit-exactly")
 @pytest.mark.parametrize("photo", REFERENCE["linear_inputs"])
 def test_linear_preprocessing_is_bit_exact_with_x86(photo):
-    """The self-test's input digest assumes it (models made by edgekit resize "linear")."""
+    """The self-test's input digest needs it. cv2.INTER_LINEAR rounded ~1 value in 5
+    differently on aarch64 (this test found it); "linear" is now INTER_LINEAR_EXACT."""
     import hashlib
 
     import numpy as np
@@ -258,10 +256,6 @@ def test_systemd_unit_from_the_installed_package():
     (WORK / "edgekit.service").write_text(unit)
 
 
-@pytest.mark.xfail(strict=True, reason="measured: a model converted on x86 fails its self-test "
-                   "here on every case with 'input digest differs' (cv2.INTER_LINEAR rounds "
-                   "differently on aarch64; the backend gives identical scores on identical "
-                   "input tensors); passes once preprocessing resizes bit-exactly")
 @pytest.mark.parametrize("model", ["demo/model_int8.tflite", "daemon/model_int8.tflite"])
 def test_selftest_of_models_made_on_x86(model):
     """Hook for issue 12's self-test: models converted on x86 must pass it on the device."""
