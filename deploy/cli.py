@@ -79,6 +79,8 @@ def _target_args(p: argparse.ArgumentParser) -> None:
                    help="stop the remaining batches when more hosts than this fail")
     p.add_argument("--health-timeout", type=_count, default=60,
                    help="seconds to wait for /healthz to report fresh frames (systemd only)")
+    p.add_argument("--no-service", action="store_true",
+                   help="leave systemd alone (only install, self-test and switch)")
     p.add_argument("--quiet", action="store_true", help="hide ansible's output")
 
 
@@ -137,14 +139,15 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
                           wheelhouse=args.wheelhouse, keep=args.keep,
                           health_timeout=args.health_timeout, python=args.python,
                           serial=args.serial, max_fail_percent=args.max_fail_percent,
-                          log=_log(args)))
+                          no_service=args.no_service, log=_log(args)))
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from .core import rollback
 
     return _report(rollback(_target(args), args.health_timeout, args.serial,
-                            args.max_fail_percent, log=_log(args)))
+                            args.max_fail_percent, no_service=args.no_service,
+                            log=_log(args)))
 
 
 @cli_main

@@ -272,7 +272,7 @@ def _tar(src: Path, out: Path) -> Path:
 def deploy(target: Target, model: Path, profile: Path, wheel: Path | None = None,
            wheelhouse: Path | None = None, keep: int = 3, health_timeout: int = 60,
            python: str = "python3", serial: str = "100%", max_fail_percent: int = 0,
-           log=None) -> list[HostResult]:
+           no_service: bool = False, log=None) -> list[HostResult]:
     """Deploys ``model`` with ``profile`` to ``target``; returns one result per host.
 
     Raises:
@@ -290,7 +290,7 @@ def deploy(target: Target, model: Path, profile: Path, wheel: Path | None = None
         stage = f"{env['RELEASE_ID']}-{uuid.uuid4().hex[:6]}"
         bundle = _tar(work / "bundle", work / f"{stage}.tar")
         args = ["--keep", str(keep), "--health-timeout", str(health_timeout),
-                "--python", python]
+                "--python", python] + (["--no-service"] if no_service else [])
         house = ""
         if wheelhouse is not None:
             # Kept on the device as ~/edgekit/wheelhouse.tar: unchanged, it is not sent again.
@@ -306,12 +306,14 @@ def deploy(target: Target, model: Path, profile: Path, wheel: Path | None = None
 
 
 def rollback(target: Target, health_timeout: int = 60, serial: str = "100%",
-             max_fail_percent: int = 0, log=None) -> list[HostResult]:
+             max_fail_percent: int = 0, no_service: bool = False,
+             log=None) -> list[HostResult]:
     """Returns each host to its previous release; one result per host."""
     with tempfile.TemporaryDirectory(prefix="edgekit-rollback-") as tmp:
         work = Path(tmp)
         results = run_playbook(target, "rollback", work,
-                               {"edgekit_args": f"--health-timeout {int(health_timeout)}"},
+                               {"edgekit_args": f"--health-timeout {int(health_timeout)}"
+                                                + (" --no-service" if no_service else "")},
                                serial, max_fail_percent, log=log)
         return results + _hosts_missing(results, target, work)
 

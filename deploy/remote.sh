@@ -5,8 +5,8 @@
 # a fleet; it can also be run by hand on a device.
 #
 #   sh remote.sh deploy STAGE [--python python3] [--keep 3] [--health-timeout 60]
-#                             [--wheelhouse DIR]
-#   sh remote.sh rollback     [--health-timeout 60]
+#                             [--wheelhouse DIR] [--no-service]
+#   sh remote.sh rollback     [--health-timeout 60] [--no-service]
 #   sh remote.sh status
 #
 # STAGE is an uploaded bundle, a folder or a .tar (relative: under ~/edgekit/incoming):
@@ -44,6 +44,7 @@ PYTHON=python3
 KEEP=3
 HEALTH_TIMEOUT=60
 WHEELHOUSE=""
+NO_SERVICE=""
 case "$ACTION" in
   deploy) STAGE="${1:-}"; [ $# -gt 0 ] && shift ;;  # relative: under ~/edgekit/incoming
   rollback|status) ;;
@@ -55,6 +56,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP="$2"; shift 2 ;;
     --health-timeout) HEALTH_TIMEOUT="$2"; shift 2 ;;
     --wheelhouse) WHEELHOUSE="$2"; shift 2 ;;
+    --no-service) NO_SERVICE=1; shift ;;
     *) echo "remote.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -106,7 +108,7 @@ switch_to() {  # switch_to ID: `current` -> releases/ID in one rename
   fi
 }
 
-have_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
+have_systemd() { [ -z "$NO_SERVICE" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
 
@@ -157,6 +159,7 @@ EOF
 }
 
 no_service_note() {
+  [ -n "$NO_SERVICE" ] && { echo "service left alone (--no-service); start the daemon with: cd $EK/current && $EK/venv/bin/python -m edge_runtime run --config profile.yaml"; return; }
   echo "no service manager (systemd) found; start the daemon with: cd $EK/current && $EK/venv/bin/python -m edge_runtime run --config profile.yaml"
 }
 
