@@ -199,14 +199,14 @@ def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
 def _choose_augmentation(run: _Run) -> None:
     """``--augment auto``: the pilot picks the augmentation (once; a resumed run keeps the
     recorded choice); then ``augment_preview.png`` shows what the model will see."""
-    from .policy import choose_augmentation, write_preview
+    from .policy import choose_augmentation, describe, write_preview
 
     if run.cfg.augment_policy == "auto" and not run.resume:
         run.cfg, _ = choose_augmentation(run.cfg, run.data, run.weights, run.steps,
                                          run.cache)
         run.cfg.save(run.out / "train_config.json")
     else:
-        print(f"augmentation: {run.cfg.augment_policy}", file=sys.stderr)
+        print(f"augmentation: {run.cfg.augment_policy} ({describe(run.cfg.augment)})")
     write_preview(run.cfg, run.data.root, run.data.split.train,
                   run.out / "augment_preview.png")
 

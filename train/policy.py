@@ -247,9 +247,9 @@ def choose_augmentation(cfg, data, weights, steps: int, cached: dict | None = No
               "candidates": results, "winner": best["policy"],
               "seconds": round(time.time() - t_start, 1)}
     write_json(Path(cfg.out) / "augment_pilot.json", record)
-    print(f"augmentation: {best['policy']} (won the pilot on the validation split, "
-          f"{record['seconds']:.0f} s; augment_pilot.json; --augment none|light|classic "
-          "overrides)")
+    print(f"augmentation: {best['policy']} ({describe(chosen)}; won the pilot on the "
+          f"validation split in {record['seconds']:.0f} s, see augment_pilot.json; "
+          "--augment none|light|classic overrides)")
     keras.utils.set_random_seed(cfg.seed)
     return replace(cfg, augment=chosen), record
 
@@ -278,7 +278,7 @@ def write_preview(cfg, root: Path, items, path: Path, n: int = 24) -> Path:
         ax.axis("off")
     for ax, img in zip(np.ravel(axes), shown):
         ax.imshow(np.clip(img, 0, 255).astype(np.uint8))
-    what = _describe(cfg.augment)
+    what = describe(cfg.augment)
     fig.suptitle(f"training images as the model sees them: {what}", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -287,7 +287,8 @@ def write_preview(cfg, root: Path, items, path: Path, n: int = 24) -> Path:
     return path
 
 
-def _describe(aug: Augment | None) -> str:
+def describe(aug: Augment | None) -> str:
+    """The augmentation in words, the settings that are on only."""
     if aug is None:
         return "no augmentation"
     parts = [f"rotation {aug.rotation:g}", f"shift {aug.shift:g}", f"shear {aug.shear:g}",
