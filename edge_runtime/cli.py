@@ -342,6 +342,23 @@ def _start_capture(source, cfg):
         raise EdgekitError(f"{e}; {_LIST_CAMERAS}") from None
 
 
+def _reload(args: argparse.Namespace):
+    """SIGHUP: the re-read profile and its model, loaded and self-tested (a failed self-test
+    refuses the reload unless ``model.selftest: off``); the serving model is not touched.
+
+    Raises:
+        EdgekitError: a bad profile, a model that does not load or fails its self-test.
+    """
+    cfg = _run_config(args)
+    clf, _ = _open_classifier(cfg, _normalization(args))
+    if args.labels is not None:
+        from .labels import read_labels
+
+        clf.labels = read_labels(args.labels)
+    check_model(clf, "off" if cfg.model.selftest == "off" else "fail")
+    return clf, cfg
+
+
 def _run_daemon(args: argparse.Namespace, stop):
     """Opens everything the profile asks for, runs the loop, closes everything."""
     from .camera import parse_source
@@ -380,6 +397,7 @@ def _run_daemon(args: argparse.Namespace, stop):
         stack.callback(notifier.stopping)
         daemon = Daemon(clf, capture, cfg, writer, stop, args.max_frames, mqtt=mqtt,
                         notifier=notifier, metrics=metrics)
+        daemon.reloader = lambda: _reload(args)
         if cfg.http.enabled:
             from .server import Server
 

@@ -27,17 +27,24 @@ STATUS_EVERY_S = 10.0
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it between frames."""
+    """Set by SIGINT/SIGTERM; the loop checks it between frames. SIGHUP (``systemctl
+    reload``) sets :attr:`reload` instead: re-read the profile and the model."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.signal: int | None = None
+        self.reload = threading.Event()
 
     def install(self) -> Callable[[], None]:
-        """Installs handlers for SIGINT and SIGTERM; returns a function restoring the old."""
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        """Installs handlers for SIGINT, SIGTERM and SIGHUP; returns a function restoring
+        the old."""
+        hup = getattr(signal, "SIGHUP", None)
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, hup) if s}
 
         def handler(signum: int, _frame: object) -> None:
+            if signum == hup:
+                self.reload.set()
+                return
             self.signal = signum
             self.event.set()
 
@@ -127,6 +134,14 @@ class Daemon:
         capture.prepare = self.frames.prepare
         self.count = 0
         self.total_invoke_ms = 0.0
+        # Hot reload (SIGHUP): ``reloader()`` returns (classifier, cfg) for the re-read
+        # profile, loaded and self-tested on a thread beside the serving model; the main
+        # loop swaps them in between two frames. None: SIGHUP is ignored.
+        self.reloader: Callable[[], tuple[Any, Any]] | None = None
+        self._reload_thread: threading.Thread | None = None
+        self._reloaded: tuple[Any, Any] | None = None
+        self._reprepare = 0
+        self.reload_error: str | None = None
 
     def status(self) -> dict[str, Any]:
         """Totals for /latest and /healthz."""
@@ -138,7 +153,45 @@ class Daemon:
                 "unreadable_frames_total": cap.unreadable,
                 "reconnects_total": cap.reconnects, "capture": cap.state,
                 "last_error": cap.last_error,
-                "selftest": getattr(self.classifier, "selftest_status", "off")}
+                "selftest": getattr(self.classifier, "selftest_status", "off"),
+                "reloads_total": self.metrics.model_reloads,
+                "reload_failures_total": self.metrics.model_reload_failures,
+                "last_reload_error": self.reload_error}
+
+    def _reload_worker(self) -> None:
+        try:
+            self._reloaded = self.reloader()
+        except Exception as e:  # any failure keeps the serving model; said, never fatal
+            msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            self.reload_error = msg
+            with self.metrics.lock:
+                self.metrics.model_reload_failures += 1
+            log.error("reload failed, still serving %s: %s", self.classifier.model_path, msg)
+
+    def _check_reload(self) -> None:
+        """Starts a requested reload; swaps in a loaded model (between two frames)."""
+        if self.stop.reload.is_set() and self.reloader is not None and \
+                (self._reload_thread is None or not self._reload_thread.is_alive()):
+            self.stop.reload.clear()
+            self._reload_thread = threading.Thread(target=self._reload_worker,
+                                                   name="edgekit-reload", daemon=True)
+            self._reload_thread.start()
+        if self._reloaded is None:
+            return
+        clf, cfg = self._reloaded
+        self._reloaded = None
+        old = self.classifier.model_path
+        self.classifier, self.frames, self.cfg = clf, FrameClassifier(clf), cfg
+        self.smoother = Smoother(clf.labels, clf.num_classes, cfg.classify, cfg.smoothing)
+        self.capture.prepare = self.frames.prepare
+        self._reprepare = 2  # frames the capture thread may have prepared for the old model
+        self.reload_error = None
+        with self.metrics.lock:
+            self.metrics.model_reloads += 1
+            self.metrics.info["model"] = str(clf.model_path)
+            self.metrics.info["selftest"] = getattr(clf, "selftest_status", "off")
+        log.warning("reloaded: %s -> %s (camera, output and http settings need a restart)",
+                    old, clf.model_path)
 
     def _keepalive(self, progressed: bool, now: float) -> None:
         """WATCHDOG=1 while frames are classified, or while the camera is being reopened
@@ -149,7 +202,11 @@ class Daemon:
 
     def _classify(self, frame: Any, t0: float) -> None:
         try:
-            scores = self.frames.scores(frame.image, frame.input)
+            prepared = frame.input
+            if self._reprepare:
+                self._reprepare -= 1
+                prepared = None
+            scores = self.frames.scores(frame.image, prepared)
         except (cv2.error, ValueError) as e:
             with self.metrics.lock:
                 self.metrics.bad_frames += 1
@@ -189,6 +246,7 @@ class Daemon:
                             f"{self.capture.source.display}")
         next_status = time.monotonic() + STATUS_EVERY_S
         while not self.stop.event.is_set():
+            self._check_reload()
             t0 = time.monotonic()
             frame = self.capture.get(0.1)
             now = time.monotonic()

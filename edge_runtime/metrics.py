@@ -72,6 +72,8 @@ class Metrics:
         self.frames = 0
         self.bad_frames = 0
         self.label_changes = 0
+        self.model_reloads = 0  # SIGHUP reloads that swapped the model in
+        self.model_reload_failures = 0  # ... that failed: the old model kept serving
         self.http_requests = 0
         self.inference = Histogram(LATENCY_BUCKETS)
         self.frame_cost = Histogram(LATENCY_BUCKETS)
@@ -170,6 +172,10 @@ class _Collector:
                      "watchdog.stall_s.", c["stalls"]),
                     ("edgekit_label_changes", "Changes of the reported label.",
                      m.label_changes),
+                    ("edgekit_model_reloads", "Hot reloads (SIGHUP) that swapped the model.",
+                     m.model_reloads),
+                    ("edgekit_model_reload_failures", "Hot reloads that failed (load or "
+                     "self-test); the old model kept serving.", m.model_reload_failures),
                     ("edgekit_http_requests", "HTTP requests served.", m.http_requests)):
                 out.append(CounterMetricFamily(name, help_, value=value))
             for name, hist, help_ in (
