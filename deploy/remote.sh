@@ -250,6 +250,9 @@ if [ ! -f "$V/.complete" ]; then
   touch "$V/.complete"
 fi
 
+# The same id as the current release (same content, same second, its venv half-made):
+# never rebuild the active folder in place.
+[ "$RELEASE_ID" = "$PREVIOUS" ] && RELEASE_ID="$RELEASE_ID-$$" && RELEASE=$RELEASE_ID
 T="$EK/releases/.tmp-$RELEASE_ID"
 rm -rf "$T" "$EK/releases/$RELEASE_ID"
 mkdir -p "$T" && cp -R "$STAGE/release/." "$T/" && ln -s "../../venvs/$VKEY" "$T/venv" \
