@@ -50,7 +50,7 @@ class Target:
 
 @dataclass(frozen=True)
 class HostResult:
-    """What ``remote.sh`` reported for one host (``result`` "unreachable" when it did not run)."""
+    """What ``remote.sh`` reported for one host (``result`` "not-run" when it did not run)."""
 
     host: str
     result: str
@@ -255,9 +255,9 @@ def _hosts_missing(results: list[HostResult], target: Target, work: Path) -> lis
         if line and not line.startswith(("[", "#", ";")) and "=" not in line.split()[0]:
             listed.add(line.split()[0])
     seen = {r.host for r in results}
-    return [HostResult(h, "unreachable", reason="no answer from the deploy step (unreachable, "
-                       "upload failed, or stopped by max_fail_percentage); see ansible's "
-                       "output") for h in sorted(listed - seen)]
+    return [HostResult(h, "not-run", reason="the deploy step did not run there: unreachable, "
+                       "the upload failed, or the rolling update stopped at "
+                       "max_fail_percentage (see ansible's output)") for h in sorted(listed - seen)]
 
 
 def _tar(src: Path, out: Path) -> Path:

@@ -281,6 +281,7 @@ def test_fleet_of_three_via_inventory(devices, models, deploy_cmd, ssh_args, tmp
     assert rows[devices[0].user][0] == "failed"
     assert all(d.current() in releases for d in devices)
     assert sum(r[0] == "failed" for r in rows.values()) == 1, rows  # rolling: stopped at 1
+    assert sum(r[0] == "not-run" for r in rows.values()) == 2, rows
     p, secs = run([sys.executable, "-m", "deploy", "rollback", "--inventory", str(inv),
                    *ssh_args])
     assert p.returncode == 0, p.stdout + p.stderr
