@@ -62,7 +62,22 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     row.update({"rss_baseline_bytes": before, "rss_peak_bytes": peak,
                 "rss_model_bytes": (peak - before) if peak is not None and before is not None
                 else None})
+    row.update(_selftest(spec))  # after the memory reading: it loads the model again
     return row
+
+
+def _selftest(spec: dict[str, Any]) -> dict[str, Any]:
+    """The model's own self-test on this machine: a row measured on a model that no longer
+    gives its desktop answers here is flagged, not silently reported."""
+    from edge_runtime.errors import EdgekitError
+    from edge_runtime.selftest import run_selftest
+
+    try:
+        report = run_selftest(spec["model"], threads=spec.get("threads"),
+                              edgetpu=spec.get("edgetpu") or False)
+    except EdgekitError as e:
+        return {"selftest": "error", "selftest_problems": [str(e)]}
+    return {"selftest": report.status, "selftest_problems": report.failure_lines()[:5]}
 
 
 def measure_row(spec: dict[str, Any], isolate: bool = True) -> dict[str, Any]:

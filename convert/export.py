@@ -341,6 +341,10 @@ def add_selftests(models: dict[str, Path], images: list[tuple[str, np.ndarray]],
         except EdgekitError as e:  # e.g. an ONNX model without onnxruntime here
             print(f"{name}: no self-test cases ({e})", file=sys.stderr)
             continue
+        if not cases["cases"]:
+            print(f"{name}: no self-test cases (no held-out image with a decisive top-1)",
+                  file=sys.stderr)
+            continue
         if path.suffix == ".onnx":
             from edge_runtime.onnx_backend import read_embedded_manifest
 

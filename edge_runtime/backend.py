@@ -122,6 +122,24 @@ def load_edgetpu_delegate(device: str | None = None) -> Any:
         sys.unraisablehook = old_hook
 
 
+def _check_has_operators(data: bytes, path: Path) -> None:
+    """Refuses a model whose main graph has no operators: LiteRT loads it, then fails on the
+    first read of the output ("Tensor data is null"). A lazy FlatBuffer read (microseconds);
+    the full structural check is ``python -m convert lint``."""
+    from .tflite import find_schema
+
+    s = find_schema()
+    if s is None:
+        return
+    try:
+        graphs = s.Model.GetRootAs(data, 0)
+        empty = graphs.SubgraphsLength() < 1 or graphs.Subgraphs(0).OperatorsLength() < 1
+    except Exception:  # a damaged FlatBuffer: the interpreter's own load says how
+        return
+    if empty:
+        raise EdgekitError(f"invalid TFLite model: its main graph has no operators [{path}]")
+
+
 def make_interpreter(model_path: str | Path, threads: int | None = None,
                      edgetpu: bool | str = False, providers: list[str] | None = None,
                      engine_cache: str | Path | None = None) -> Any:
@@ -149,6 +167,7 @@ def make_interpreter(model_path: str | Path, threads: int | None = None,
         return OnnxInterpreter(path, threads, providers, engine_cache)
     data = path.read_bytes()
     check_identifier(data, path)
+    _check_has_operators(data, path)
     delegates = []
     if edgetpu:
         delegates.append(load_edgetpu_delegate(edgetpu if isinstance(edgetpu, str) else None))

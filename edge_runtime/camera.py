@@ -72,7 +72,17 @@ def parse_source(text: str) -> Source:
         raise EdgekitError(f"video source not found: {redact(s)}")
     if Path(s).is_dir():
         raise EdgekitError(f"video source is a folder, expected a video file: {redact(s)}")
+    if Path(s).suffix.lower() in _STILL_SUFFIXES:
+        # OpenCV reads a still image as a one-frame sequence, decoding it whole: the same
+        # size limit as every other image read (a decompression bomb is refused here).
+        from .imageio import probe_file
+
+        probe_file(s)
     return Source("file", s)
+
+
+_STILL_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff",
+                             ".pgm", ".ppm", ".pnm"})
 
 
 class Picamera2Capture:

@@ -9,8 +9,8 @@ got. :func:`run_selftest` replays them here, through the daemon's own path
 
 * ``input digest`` differs: this machine decodes or resizes differently (another OpenCV
   build, or the wrong interpolation) -- the model sees other pixels than in training;
-* ``top-1`` differs, or a score moved by more than the tolerance (two output quantization
-  steps for a quantized output, :data:`FLOAT_TOLERANCE` otherwise): a backend, delegate or
+* ``top-1`` differs, or a score moved by more than the tolerance (:data:`QUANT_STEPS`
+  output quantization steps for a quantized output, :data:`FLOAT_TOLERANCE` otherwise): a backend, delegate or
   architecture difference, or a damaged model;
 * ``label`` differs: the labels in use are not the ones the model was made with;
 * ``sha256`` differs from the one recorded in the manifest beside the model: the file was
@@ -36,7 +36,10 @@ from .errors import EdgekitError
 SELFTEST_NAME = "edgekit_selftest"
 SELFTEST_VERSION = 1
 FLOAT_TOLERANCE = 1e-3  # float32 kernels differ by ~1e-6 across CPUs; probabilities, not logits
-QUANT_STEPS = 2  # a quantized output may differ by one or two steps across architectures
+# A quantized output differs by a few steps across architectures: up to 6 between x86 and
+# emulated aarch64 (Cortex-A72) on Coral's models (`make test-arm64`). Top-1 is compared
+# exactly; a damaged model or other pixels move scores by far more than this.
+QUANT_STEPS = 8
 GOLDEN_SCALE = 1.75  # golden images are stored this much larger than the input (exercise resize)
 MAX_CASES = 3
 
@@ -126,7 +129,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def score_tolerance(frame_classifier: Any) -> float:
-    """Two output quantization steps for a quantized output, else :data:`FLOAT_TOLERANCE`."""
+    """:data:`QUANT_STEPS` output quantization steps for a quantized output, else
+    :data:`FLOAT_TOLERANCE`."""
     scale = float(getattr(frame_classifier, "_out_scale", 0.0) or 0.0)
     return max(QUANT_STEPS * scale, FLOAT_TOLERANCE) if scale > 0 else FLOAT_TOLERANCE
 
@@ -357,8 +361,9 @@ def run_selftest(model_path: str | Path, classifier: Any = None, **classifier_ar
     if want_labels and labels and labels_digest(labels) != want_labels:
         problems.append(f"the labels in use ({len(labels)} classes) are not the ones the model "
                         "was made with (swapped or edited labels file?)")
-    if not results:
-        problems.append("the self-test entry holds no cases")
+    if not results:  # nothing decisive to compare: not a failure of this machine
+        return SelftestReport(str(model_path), "skip", tuple(problems), tolerance=tol,
+                              note="the model's self-test entry holds no cases")
     ok = not problems and all(r.ok for r in results)
     return SelftestReport(str(model_path), "pass" if ok else "fail", tuple(problems), results,
                           tol)

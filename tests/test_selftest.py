@@ -46,7 +46,7 @@ def test_cases_are_recorded_with_margins(golden):
     top1 = {c["name"]: c["top"][0]["label"] for c in cases["cases"]}
     assert top1["parrot.jpg"] == "macaw"
     assert st.read_cases(model)["cases"][0]["input_sha256"] == cases["cases"][0]["input_sha256"]
-    assert cases["tolerance"] == pytest.approx(2 / 256)  # two steps of the uint8 output
+    assert cases["tolerance"] == pytest.approx(st.QUANT_STEPS / 256)  # uint8 output steps
 
 
 def test_passes_on_the_machine_that_made_it(golden):
@@ -54,7 +54,7 @@ def test_passes_on_the_machine_that_made_it(golden):
     report = st.run_selftest(model, labels=labels)
     assert report.status == "pass", report.failure_lines()
     assert all(c.got_top1 == c.expected_top1 for c in report.cases)
-    assert "3/3 golden cases" in report.summary()
+    assert f"{st.MAX_CASES}/{st.MAX_CASES} golden cases" in report.summary()
 
 
 def test_wrong_interpolation_fails_on_the_digest(golden):
@@ -143,3 +143,11 @@ def test_cli_pass_fail_and_missing(golden, tmp_path):
     assert missing.stderr.strip().splitlines()[-1] == \
         f"error: model not found: {tmp_path / 'none.tflite'}"
     assert "Traceback" not in missing.stderr
+
+
+def test_entry_without_cases_is_skipped_not_failed(golden, tmp_path):
+    model, labels, _ = golden
+    empty = tmp_path / "empty.tflite"
+    empty.write_bytes(st.embed_cases(model.read_bytes(), {"version": 1, "cases": []}))
+    report = st.run_selftest(empty, labels=labels)
+    assert report.status == "skip" and "holds no cases" in report.note
