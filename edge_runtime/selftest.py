@@ -10,8 +10,8 @@ got. :func:`run_selftest` replays them here, through the daemon's own path
 * ``input digest`` differs: this machine decodes or resizes differently (another OpenCV
   build, or the wrong interpolation) -- the model sees other pixels than in training;
 * ``top-1`` differs, or a score moved by more than the tolerance (:data:`QUANT_STEPS`
-  output quantization steps for a quantized output, :data:`FLOAT_TOLERANCE` otherwise): a backend, delegate or
-  architecture difference, or a damaged model;
+  output quantization steps for a quantized output, :data:`FLOAT_TOLERANCE` otherwise):
+  a backend, delegate or architecture difference, or a damaged model;
 * ``label`` differs: the labels in use are not the ones the model was made with;
 * ``sha256`` differs from the one recorded in the manifest beside the model: the file was
   changed or corrupted after conversion.
