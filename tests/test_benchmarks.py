@@ -255,7 +255,12 @@ def test_real_measurement(exported, sample):
         assert r["top1"] == pytest.approx(converted[r["variant"]]["top1"], abs=1e-9)
         assert r["images"] == saved["test_images"] > 0
         e = r["end_to_end"]
-        assert e["frames_captured"] == 8 == e["frames_processed"] + e["frames_dropped"]
+        # Unpaced (video_fps=0), every frame is classified in order: none dropped; the
+        # capture thread may have read one frame ahead when the daemon stopped at 8.
+        assert e["frames_processed"] == 8 and e["frames_dropped"] == 0
+        assert e["frames_captured"] in (8, 9)
+        # The row's model proved itself on this machine (golden cases stored by convert).
+        assert r["selftest"] == "pass" and r["selftest_problems"] == []
         assert e["latency_ms"]["p50"] >= e["frame_age_ms"]["p50"] >= 0
     assert saved["environment"]["cores"] >= 1 and "end" in saved
     assert (report.parent / "results.csv").read_text().count("\n") == 3
