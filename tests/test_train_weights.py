@@ -94,8 +94,8 @@ def _few_shot(sample, root, per_class=10):
     return root
 
 
-def test_frozen_then_fine_tuned_on_real_features_with_auto_augmentation(rebuilt, sample,
-                                                                        tmp_path):
+def test_auto_augmentation_pilot_is_scored_on_validation_and_recorded(rebuilt, sample,
+                                                                      tmp_path):
     import json
 
     from train.config import TrainConfig
@@ -104,26 +104,23 @@ def test_frozen_then_fine_tuned_on_real_features_with_auto_augmentation(rebuilt,
     r, _ = rebuilt
     data = _few_shot(sample, tmp_path / "few")
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), weights=str(r.weights),
-                      alpha=1.0, img_size=64, epochs=2, fine_tune_epochs=1, unfreeze=10,
-                      batch_size=16, augment_policy="auto", seed=0)
+                      alpha=1.0, img_size=32, epochs=1, batch_size=16, augment_policy="auto",
+                      seed=0)
     out = fine_tune(cfg)
     pilot = json.loads((out / "augment_pilot.json").read_text())
-    assert pilot["scored_on"] == "validation split"
+    assert pilot["scored_on"] == "validation split" and pilot["epochs_per_candidate"] == 1
     names = [c["policy"] for c in pilot["candidates"]]
-    assert names[:3] == ["none", "light", "classic"]
+    assert names[:3] == ["none", "light", "classic"] and len(names) in (3, 4)
     assert pilot["candidates"][0]["trained_on"] == "cached features"
-    assert pilot["winner"] in names
     won = next(c for c in pilot["candidates"] if c["policy"] == pilot["winner"])
+    assert won["score"] == max(c["score"] for c in pilot["candidates"])
     recorded = json.loads((out / "train_config.json").read_text())
     assert recorded["augment_policy"] == "auto" and recorded["augment"] == won["augment"]
     assert (out / "augment_preview.png").stat().st_size > 1000
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs_run"] == 3  # 2 frozen + 1 fine-tuning
-    # ImageNet features separate the four shapes from 10 images a class at once.
-    assert metrics["test"]["top1"] >= 0.75, metrics["test"]["top1"]
 
 
-def test_frozen_head_trains_on_cached_features(rebuilt, sample, tmp_path, capsys):
+def test_frozen_head_on_cached_features_then_fine_tuning_with_real_features(
+        rebuilt, sample, tmp_path, capsys):
     import json
 
     from train.checkpoint import load_model
@@ -133,11 +130,14 @@ def test_frozen_head_trains_on_cached_features(rebuilt, sample, tmp_path, capsys
     r, _ = rebuilt
     data = _few_shot(sample, tmp_path / "few")
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), weights=str(r.weights),
-                      alpha=1.0, img_size=64, epochs=3, batch_size=16, augment=None,
+                      alpha=1.0, img_size=64, epochs=30, patience=30, batch_size=8,
+                      learning_rate=3e-3, fine_tune_epochs=1, unfreeze=10, augment=None,
                       augment_policy="none", seed=0)
     out = fine_tune(cfg)
     assert "frozen phase on cached base features" in capsys.readouterr().err
     best = load_model(out / "checkpoints" / "best.keras")  # the whole model, images in
     assert best.input_shape == (None, 64, 64, 3)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs_run"] == 3 and metrics["test"]["top1"] >= 0.75
+    assert metrics["epochs_run"] == 31  # 30 on cached features + 1 fine-tuning
+    # ImageNet features tell the four shapes apart from 10 images a class.
+    assert metrics["test"]["top1"] >= 0.75, metrics["test"]["top1"]
