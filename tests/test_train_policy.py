@@ -50,3 +50,46 @@ def test_bad_policy_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["--data", "d", "--out", "o", "--augment", "heavy"])
     assert e.value.code == 2 and "invalid choice: 'heavy'" in capsys.readouterr().err
+
+
+def _tiny_model(cfg, num_classes, weights, steps_per_epoch=1):
+    """A stand-in for MobileNetV2 with the same head layer names (seconds, not minutes)."""
+    import keras
+
+    inp = keras.Input((cfg.img_size, cfg.img_size, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
+    out = keras.layers.Dense(num_classes, activation="softmax", name="classifier")(x)
+    model = keras.Model(inp, out)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model, model
+
+
+def test_auto_pilot_is_scored_on_validation_recorded_and_run(sample, tmp_path, monkeypatch):
+    import json
+
+    import train.core
+    from train.config import TrainConfig
+
+    monkeypatch.setattr(train.core, "build_and_compile", _tiny_model)
+    cfg = TrainConfig(data=str(sample / "images"), out=str(tmp_path / "run"), weights="none",
+                      img_size=32, epochs=2, batch_size=32, augment_policy="auto", seed=0)
+    out = train.core.fine_tune(cfg)
+    pilot = json.loads((out / "augment_pilot.json").read_text())
+    assert pilot["scored_on"] == "validation split" and pilot["epochs_per_candidate"] == 2
+    names = [c["policy"] for c in pilot["candidates"]]
+    assert names[:3] == ["none", "light", "classic"]
+    assert len(names) == 3 if pilot["candidates"][0]["score"] >= max(
+        c["score"] for c in pilot["candidates"]) else names[3].endswith("+flip")
+    won = next(c for c in pilot["candidates"] if c["policy"] == pilot["winner"])
+    assert won["score"] == max(c["score"] for c in pilot["candidates"])
+    recorded = json.loads((out / "train_config.json").read_text())
+    assert recorded["augment_policy"] == "auto" and recorded["augment"] == won["augment"]
+    assert (out / "augment_preview.png").stat().st_size > 1000
+    split = json.loads((out / "checkpoints" / "data.json").read_text())["split"]
+    assert len(pilot["candidates"][0]["val_accuracy"]) == 1  # from scratch: scored once
+    assert split["test"]  # held out, and never passed to the pilot (only data.x_va is)

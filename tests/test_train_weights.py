@@ -94,31 +94,6 @@ def _few_shot(sample, root, per_class=10):
     return root
 
 
-def test_auto_augmentation_pilot_is_scored_on_validation_and_recorded(rebuilt, sample,
-                                                                      tmp_path):
-    import json
-
-    from train.config import TrainConfig
-    from train.core import fine_tune
-
-    r, _ = rebuilt
-    data = _few_shot(sample, tmp_path / "few")
-    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), weights=str(r.weights),
-                      alpha=1.0, img_size=32, epochs=1, batch_size=16, augment_policy="auto",
-                      seed=0)
-    out = fine_tune(cfg)
-    pilot = json.loads((out / "augment_pilot.json").read_text())
-    assert pilot["scored_on"] == "validation split" and pilot["epochs_per_candidate"] == 1
-    names = [c["policy"] for c in pilot["candidates"]]
-    assert names[:3] == ["none", "light", "classic"] and len(names) in (3, 4)
-    assert pilot["candidates"][0]["trained_on"] == "cached features"
-    won = next(c for c in pilot["candidates"] if c["policy"] == pilot["winner"])
-    assert won["score"] == max(c["score"] for c in pilot["candidates"])
-    recorded = json.loads((out / "train_config.json").read_text())
-    assert recorded["augment_policy"] == "auto" and recorded["augment"] == won["augment"]
-    assert (out / "augment_preview.png").stat().st_size > 1000
-
-
 def test_frozen_head_on_cached_features_then_fine_tuning_with_real_features(
         rebuilt, sample, tmp_path, capsys):
     import json
