@@ -31,6 +31,8 @@ def test_auto_is_the_default_and_each_flag_still_overrides():
 
 def test_pilot_is_short():
     assert [pilot_epochs(e) for e in (1, 2, 10, 15, 60)] == [1, 2, 2, 2, 5]
+    # Tiny datasets (2 steps an epoch) still get enough steps to tell candidates apart.
+    assert [pilot_epochs(e, 2) for e in (10, 60)] == [10, 15]
 
 
 def test_underfitting_under_augmentation_is_named_with_its_fix():

@@ -34,10 +34,14 @@ def preset(name: str, flip: str = "none") -> Augment | None:
     raise ValueError(f"augmentation policy {name!r}, expected none, light or classic")
 
 
-def pilot_epochs(epochs: int) -> int:
-    """Epochs per pilot candidate: a sixth of the run's, between 2 and 5 (never more than
-    the run itself)."""
-    return min(epochs, max(2, min(5, epochs // 6)))
+MIN_PILOT_STEPS = 30  # fewer optimizer steps leave every candidate near chance
+
+
+def pilot_epochs(epochs: int, steps_per_epoch: int = 1000) -> int:
+    """Epochs per pilot candidate: a sixth of the run's, between 2 and 5, but at least
+    :data:`MIN_PILOT_STEPS` steps (tiny datasets), never more than the run itself."""
+    at_least = -(-MIN_PILOT_STEPS // max(1, steps_per_epoch))
+    return min(epochs, max(2, min(5, epochs // 6), at_least))
 
 
 def _features(model, x: np.ndarray, batch: int) -> np.ndarray:
@@ -183,7 +187,7 @@ def choose_augmentation(cfg, data, weights, steps: int, cached: dict | None = No
         cached.update(x_tr=x_tr, y_tr=y_tr)
     k = len(data.classes)
     cw = class_weights(data.split, k) if cfg.class_weights else None
-    epochs = pilot_epochs(cfg.epochs)
+    epochs = pilot_epochs(cfg.epochs, steps)
     y_va = data.y_va
     results: list[dict] = []
     print(f"augmentation pilot: {epochs} epochs per candidate, scored on the validation "
@@ -311,8 +315,8 @@ def diagnose(history: dict, augmented: bool, patience: int) -> str | None:
     if augmented and val_best - train_end > 0.1:
         return (f"note: training accuracy under augmentation ({train_end:.2f}) stayed far "
                 f"below validation accuracy ({val_best:.2f}): the augmentation is more than "
-                "the model can learn in this budget; try --augment light or none (or "
-                "--augment auto), or more --epochs")
+                "the model can learn in this budget; try --augment light or none, or more "
+                "--epochs")
     best_epoch = int(np.argmax(val)) + 1
     if len(val) - best_epoch >= max(2, patience) and train_end < 0.8:
         return (f"note: validation accuracy stopped improving at epoch {best_epoch} while "
