@@ -3,13 +3,14 @@
 Usage:
     python -m train --data DIR --out runs/NAME [--weights imagenet|none|PATH] [--alpha A]
                     [--img-size N] [--epochs N] [--fine-tune-epochs N] [--seed S] [--tune]
-                    [--verbose]
+                    [--augment auto|none|light|classic] [--verbose]
     python -m train --out runs/NAME --resume
 
 DIR has one subfolder of images per class (or train/val[/test] folders, a CSV, a pixel
 CSV, a JSON Lines file). The run folder receives model.keras (the best checkpoint),
 labels.txt, manifest.json, metrics.json (held-out results), history.csv, the curves and
-the confusion matrix as PNGs, data_report.json, train_config.json, checkpoints/ and logs/.
+the confusion matrix as PNGs, data_report.json, train_config.json, checkpoints/ and logs/,
+augment_preview.png and (with --augment auto, the default) augment_pilot.json.
 
 Exit status: 0 done; 1 an error (one line on stderr); 2 bad usage; 130 after SIGINT
 (Ctrl-C) and 0 after SIGTERM, at any moment, start-up included: one line, and at most the
