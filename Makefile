@@ -42,9 +42,13 @@ demo: setup $(SAMPLE)/video.avi ## whole pipeline on built-in sample data: train
 	@echo "Done. Report: $(DEMO)/bench/report.md  Plot: $(DEMO)/bench/latency_vs_accuracy.png"
 	@echo "      Training curves: $(DEMO)/training_curves.png  Conversion: $(DEMO)/export/convert_report.json"
 
-test: setup ## run the test suite
+test: setup ## run the test suite, less the slow tests (make test-slow; CI runs both)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || echo "chromium not installed: the live-page browser test will be skipped"
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -m "not slow"
+
+.PHONY: test-slow
+test-slow: setup ## the slow tests make test leaves out: each trains or converts a model of its own
+	$(PY) -m pytest -q tests -m slow || [ $$? -eq 5 ]  # 5: none marked slow
 
 .PHONY: test-arm64
 test-arm64: setup ## device tests on an emulated Raspberry Pi 4 (arm64 under qemu-user; root; skips without)

@@ -42,6 +42,7 @@ def test_single_copied_model_is_self_describing(exported, sample, tmp_path):
     assert clf.classify_file(img, k=4)[0].label in {"circle", "square", "star", "triangle"}
 
 
+@pytest.mark.slow  # a second int8 conversion plus the quantization debugger: make test-slow
 def test_max_drop_fails_and_names_layers(trained_run, tmp_path):
     from convert.export import export
 

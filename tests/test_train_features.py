@@ -119,6 +119,7 @@ def _small_data(sample: Path, tmp_path: Path, per_class: int = 16) -> Path:
     return data
 
 
+@pytest.mark.slow  # two trainings of its own (interrupted, resumed): make test-slow
 def test_interrupted_run_resumes_and_keeps_the_best_checkpoint(sample, tmp_path, monkeypatch):
     import train.checkpoint as ckpt
     from train.core import fine_tune
@@ -162,6 +163,7 @@ def test_interrupted_run_resumes_and_keeps_the_best_checkpoint(sample, tmp_path,
     assert manifest["training"]["label_smoothing"] == 0.1  # the run's settings, not the CLI's
 
 
+@pytest.mark.slow  # three trainings of its own (two trials, the winner): make test-slow
 def test_tune_searches_then_trains_the_best(sample, tmp_path):
     pytest.importorskip("keras_tuner")
     from train.tune import tune_then_train
