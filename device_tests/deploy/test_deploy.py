@@ -172,6 +172,33 @@ def _wait_lock_free(dev, timeout: float = 180) -> None:
     raise AssertionError(f"the deploy lock of {dev.user} still held after {timeout} s")
 
 
+def _parent(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _until_ssh(root: int, timeout: float = 120) -> None:
+    """Waits until an ssh client descended from ``root`` (the deploy) runs. (Ansible starts
+    ssh in a session of its own, so the session id does not tell.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() != "ssh":
+                    continue
+                p, hops = int(pid), 0
+                while p > 1 and hops < 20:
+                    p, hops = _parent(p), hops + 1
+                    if p == root:
+                        return
+            except (OSError, ValueError):
+                continue
+        time.sleep(0.05)
+    raise AssertionError("the deploy opened no ssh connection")
+
+
 def _owner_pid(dev, timeout: float = 120) -> int:
     """The pid of the remote.sh that holds the lock (from ~/edgekit/.deploy.owner)."""
     deadline = time.monotonic() + timeout
@@ -199,8 +226,9 @@ def test_desktop_killed_mid_deploy_leaves_old_or_new(devices, models, deploy_cmd
     proc = subprocess.Popen(deploy_cmd(models["golden"], "--host", dev.host, "--port",
                                        str(dev.port)), cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if when == "upload":
-        time.sleep(1.0)
+    if when == "upload":  # once the deploy has an ssh connection open: mid-upload
+        _until_ssh(proc.pid)
+        time.sleep(0.2)
     else:
         _owner_pid(dev)
         time.sleep(float(when.split("+")[1]))
