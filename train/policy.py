@@ -158,7 +158,8 @@ def choose_augmentation(cfg, data, weights, steps: int, cached: dict | None = No
 
     Candidates: none, light and classic without flips, then the winner with a horizontal
     flip. Each trains a fresh model (same seed) for :func:`pilot_epochs` epochs and is
-    scored on the validation split. Writes ``augment_pilot.json`` in the run folder.
+    scored on the validation split; on equal accuracy the lighter policy wins, and the
+    flip must be more accurate to be kept. Writes ``augment_pilot.json`` in the run folder.
 
     Args:
         cfg: the run's settings (``augment_policy`` "auto").
@@ -237,13 +238,18 @@ def choose_augmentation(cfg, data, weights, steps: int, cached: dict | None = No
         results.append(row)
         return row
 
+    def correct(row: dict) -> int:  # validation images right at the best epoch
+        return round(max(row["val_accuracy"]) * len(y_va))
+
     for name, aug in _candidates(cfg):
         trial(name, aug)
-    best = max(results, key=lambda r: r["score"])
+    # Equally accurate candidates go to the lighter policy (listed first): a pilot this
+    # short cannot tell them apart, and strong augmentation is what fails to fit.
+    best = max(results, key=lambda r: (correct(r), -results.index(r)))
     if best["policy"] != "none":
         flipped = replace(preset(best["policy"]), flip="horizontal")
         row = trial(best["policy"] + "+flip", flipped)
-        if row["score"] > best["score"]:
+        if correct(row) > correct(best):  # flipping must earn its place
             best = row
     chosen = (None if best["augment"] is None else
               Augment(**(best["augment"] | {"brightness": tuple(best["augment"]["brightness"])})))
