@@ -47,7 +47,11 @@ def test_run_folder_contents(trained_run):
     # Stratified: every class in the held-out split.
     assert {c for _, c in split["test"]} == {0, 1, 2, 3}
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    assert 0.0 <= metrics["test"]["top1"] <= 1.0
+    test = metrics["test"]
+    assert test["count"] == len(split["test"])  # every held-out image scored, only those
+    cm = test["confusion_matrix"]  # rows: true class, summing to each class's test images
+    assert [sum(row) for row in cm] == [sum(c == i for _, c in split["test"]) for i in range(4)]
+    assert test["top1"] == pytest.approx(sum(cm[i][i] for i in range(4)) / test["count"])
     assert (trained_run / "labels.txt").read_text().split() == m.labels
 
 
@@ -141,9 +145,12 @@ def test_benchmarks_write_report(exported):
     report = run(exported.parent, threads=[1], runs=5, warmup=1)
     results = json.loads((report.parent / "results.json").read_text())
     rows = results["rows"]
+    converted = json.loads((exported / "convert_report.json").read_text())["variants"]
     assert {r["variant"] for r in rows} == {"float32", "int8"}
     for r in rows:
-        assert r["threads"] == 1 and r["size_bytes"] > 0 and 0 <= r["top1"] <= 1
+        assert r["threads"] == 1 and r["size_bytes"] > 0
+        # The same model on the same held-out images scores what the conversion measured.
+        assert r["top1"] == pytest.approx(converted[r["variant"]]["top1"], abs=1e-9)
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     assert (report.parent / "results.csv").read_text().count("\n") == 3
