@@ -494,6 +494,7 @@ def export_source(src: Source, options: ExportOptions) -> ExportResult:
         models, rows = write_variants(src, saved, variants, options, provenance, rep, n)
         for name, count in add_selftests(models, selftest_images(src), work).items():
             rows[name]["selftest_cases"] = count
+            rows[name]["size_bytes"] = models[name].stat().st_size  # golden cases included
         write_beside(src, provenance, models)
         report: dict[str, Any] = {"source": str(src.path), "origin": src.origin,
                                   "test_images": int(len(ref.labels)), "skipped": ref.skipped,

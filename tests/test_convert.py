@@ -18,7 +18,7 @@ def test_report_has_per_class_deltas_and_markdown(exported):
     assert set(int8["per_class"]) == {"circle", "square", "star", "triangle"}
     assert set(int8["per_class_delta_points"]) == set(int8["per_class"])
     assert int8["top1_drop_points"] == pytest.approx(
-        100 * (report["variants"]["float32"]["top1"] - int8["top1"]), abs=1e-6)
+        100 * (report["variants"]["float32"]["top1"] - int8["top1"]), abs=6e-4)  # 3 decimals
     assert int8["input"]["dtype"] == "uint8" and int8["output"]["dtype"] == "uint8"
     md = (exported / "convert_report.md").read_text()
     assert "| int8 |" in md and "Per-class accuracy change" in md

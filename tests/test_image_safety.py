@@ -171,7 +171,10 @@ def test_real_400_mpx_png_is_refused_fast_and_small(tmp_path):
             "from edge_runtime.preprocess import load_image, ImageError\n"
             "try:\n    load_image(sys.argv[1])\nexcept ImageError as e:\n    print(e)\n"
             "u = resource.getrusage(resource.RUSAGE_SELF)\n"
-            "print(u.ru_maxrss // 1024, u.ru_utime + u.ru_stime)\n")
+            # VmHWM, not ru_maxrss: a child's ru_maxrss carries the parent's peak through
+            # fork/exec on Linux (a pytest that trained a model reads > 1 GB).
+            "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')]\n"
+            "print(int(hwm[0].split()[1]) // 1024, u.ru_utime + u.ru_stime)\n")
     out = subprocess.run([sys.executable, "-c", code, str(p)], cwd=ROOT, capture_output=True,
                          text=True, timeout=120, check=True).stdout.splitlines()
     assert out[0] == (f"image too large to decode: 20000x20000 = 400.0 Mpx, limit 50 Mpx "
