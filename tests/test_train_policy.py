@@ -71,6 +71,7 @@ def _tiny_model(cfg, num_classes, weights, steps_per_epoch=1):
     return model, model
 
 
+@pytest.mark.slow  # trains five small models
 def test_auto_pilot_is_scored_on_validation_recorded_and_run(sample, tmp_path, monkeypatch):
     import json
 

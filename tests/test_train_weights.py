@@ -25,6 +25,7 @@ def rebuilt(tmp_path_factory):
     return rebuild(CORAL / PTQ, out / "W.h5", out / "full.keras"), CORAL
 
 
+@pytest.mark.slow  # rebuilds ImageNet weights; converts or trains
 def test_rebuilt_float_model_classifies_like_the_int8_original(rebuilt, tmp_path):
     r, coral = rebuilt
     assert (r.layers, r.classes) == (52, 1001)
@@ -41,6 +42,7 @@ def test_rebuilt_float_model_classifies_like_the_int8_original(rebuilt, tmp_path
         assert got.score > 0.3
 
 
+@pytest.mark.slow  # rebuilds ImageNet weights; converts or trains
 def test_no_top_file_loads_into_keras_mobilenetv2(rebuilt):
     import keras
     import numpy as np
@@ -94,6 +96,7 @@ def _few_shot(sample, root, per_class=10):
     return root
 
 
+@pytest.mark.slow  # rebuilds ImageNet weights; converts or trains
 def test_frozen_head_on_cached_features_then_fine_tuning_with_real_features(
         rebuilt, sample, tmp_path, capsys):
     import json
