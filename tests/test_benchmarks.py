@@ -256,9 +256,9 @@ def test_real_measurement(exported, sample):
         assert r["images"] == saved["test_images"] > 0
         e = r["end_to_end"]
         # Unpaced (video_fps=0), every frame is classified in order: none dropped; the
-        # capture thread may have read one frame ahead when the daemon stopped at 8.
+        # capture thread may have read a few frames ahead when the daemon stopped at 8.
         assert e["frames_processed"] == 8 and e["frames_dropped"] == 0
-        assert e["frames_captured"] in (8, 9)
+        assert e["frames_captured"] >= 8
         # The row's model proved itself on this machine (golden cases stored by convert).
         assert r["selftest"] == "pass" and r["selftest_problems"] == []
         assert e["latency_ms"]["p50"] >= e["frame_age_ms"]["p50"] >= 0
