@@ -31,8 +31,12 @@ VIDEO_NAMES = ("video.avi", "video.mp4", "video.mkv")
 
 
 def find_variants(export_dir: Path) -> dict[str, Path]:
-    """``{variant: path}`` for every ``model_<variant>.tflite`` in the export folder."""
-    return {p.stem.removeprefix("model_"): p for p in sorted(export_dir.glob("model_*.tflite"))}
+    """``{variant: path}`` for every ``model_<variant>.tflite`` in the export folder, and
+    ``onnx`` for ``model.onnx`` (run by ONNX Runtime)."""
+    found = {p.stem.removeprefix("model_"): p for p in sorted(export_dir.glob("model_*.tflite"))}
+    if (export_dir / "model.onnx").is_file():
+        found["onnx"] = export_dir / "model.onnx"
+    return found
 
 
 def find_video(data_root: Path) -> Path | None:
@@ -194,7 +198,8 @@ def _measure_variant(name: str, path: Path, accel: str, tpu: bool | str, threads
                 "warmup": warmup, "min_seconds": min_seconds, "image": str(image_path)}
         lat = measure_row(spec, isolate)
         rows.append({"variant": name, "threads": t, "accelerator": accel,
-                     "delegate": "edgetpu" if accel == "edgetpu" else "cpu-default",
+                     "delegate": lat.pop("provider", None)
+                     or ("edgetpu" if accel == "edgetpu" else "cpu-default"),
                      **lat, **acc})
     return rows
 

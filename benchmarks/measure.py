@@ -107,7 +107,17 @@ def measure_latency(model: str | Path, threads: int | None, image: np.ndarray, r
             "latency_ms": lat, "pipeline_ms": percentiles(pipeline), "runs": len(samples),
             "warmup": warmup,
             "throughput_fps": 1000.0 / lat["mean"] if lat["mean"] > 0 else 0.0,
-            "backend": f"{clf.backend.name} {clf.backend.version}"}
+            "backend": _backend_name(clf),
+            **({"provider": clf.provider} if clf.provider else {})}
+
+
+def _backend_name(clf: Classifier) -> str:
+    """The interpreter package, or ONNX Runtime and its version for an ``.onnx`` model."""
+    if clf.provider is None:
+        return f"{clf.backend.name} {clf.backend.version}"
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__}"
 
 
 def measure_accuracy(model: str | Path, files: list[tuple[Path, int]], threads: int | None = None,

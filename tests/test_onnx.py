@@ -145,3 +145,15 @@ def test_doctor_on_a_jetson_names_jetpack_and_the_missing_gpu_provider(tmp_path)
     assert "fallback model runs on the CPU" in checks["onnxruntime"].detail
     assert "NVIDIA's Jetson packages" in checks["onnxruntime"].fix
     assert checks["tensorrt"].status in ("ok", "warn")
+
+
+def test_benchmarks_measure_the_onnx_model_and_name_its_provider(onnx_export):
+    from benchmarks.core import find_variants
+    from benchmarks.measure import measure_latency
+
+    assert find_variants(onnx_export.export_dir)["onnx"] == onnx_export.models["onnx"]
+    image = np.zeros((120, 160, 3), np.uint8)
+    row = measure_latency(onnx_export.models["onnx"], 1, image, runs=5, warmup=1)
+    assert row["provider"] == "CPUExecutionProvider"
+    assert row["backend"].startswith("onnxruntime ")
+    assert row["runs"] >= 5 and row["latency_ms"]["min"] > 0
