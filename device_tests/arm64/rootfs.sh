@@ -7,7 +7,8 @@
 # dependencies for arm64 and unpacks them (seconds), instead of debootstrap's second stage
 # and apt under emulation (~17 min). No maintainer script runs, so what they would have
 # made is made here on the host: the CA bundle (the host's), a Pi 4's /proc, /etc/hostname.
-# systemd is there for its units only: the host's systemd-analyze verifies against them.
+# systemd is there for its units only: the host's systemd-analyze verifies against them;
+# procps for /bin/kill, which the unit's ExecReload runs (every Pi OS image has it).
 # The result is cached in CACHE_DIR/rootfs-KEY, KEY hashing this script, the package list
 # and the Pi files; a new key builds a new one beside it and removes stale ones.
 set -euo pipefail
@@ -16,7 +17,7 @@ cache="${1:?usage: rootfs.sh CACHE_DIR}"
 SUITE=bookworm
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SECURITY="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
-PACKAGES=base-files,base-passwd,dash,bash,coreutils,libstdc++6,libgcc-s1,python3.11-venv,python3-venv,ca-certificates,tzdata,systemd
+PACKAGES=base-files,base-passwd,dash,bash,coreutils,procps,libstdc++6,libgcc-s1,python3.11-venv,python3-venv,ca-certificates,tzdata,systemd
 key="$(cat "$0" "$here/pi4/cpuinfo" "$here/pi4/model" | sha256sum | cut -c1-16)"
 dest="$cache/rootfs-$key"
 if [ -f "$dest/.edgekit-complete" ]; then echo "$dest"; exit 0; fi
