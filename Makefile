@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 
 SAMPLE := data/sample
 DEMO   := runs/demo
-# CPU-friendly demo settings: from scratch (no download), tiny model, ~2-3 minutes on 2 cores.
+# CPU-friendly demo settings: from scratch (no download), tiny model; the whole demo ~6 min on 2 cores.
 # Augmentation: the default --augment auto picks it by a short pilot on the validation split.
 DEMO_TRAIN := --weights none --alpha 0.35 --img-size 96 --epochs 60 --patience 15 --batch-size 32 --learning-rate 3e-3
 
