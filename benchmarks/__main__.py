@@ -23,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_runtime.errors import EXIT_OK, Parser, cli_main
+from edge_runtime.errors import EXIT_OK, Parser, cli_main, int_at_least
 
 EXIT_REGRESSION = 3
 _COMMANDS = ("measure", "report", "compare", "validate", "video-check")
@@ -42,20 +42,6 @@ def _threads_list(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected thread counts like 1,4, got {text[:40]!r}")
     return values
-
-
-def _count(lo: int):
-    """An argparse type: an integer >= ``lo``."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") \
-                from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
-        return v
-    return parse
 
 
 def _add_tolerances(p: argparse.ArgumentParser) -> None:
@@ -82,14 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default=None, help="comma-separated (default: all exported)")
     p.add_argument("--threads", type=_threads_list, default=None,
                    help="thread counts, each up to 4 x the cores (default: 1 and all cores)")
-    p.add_argument("--runs", type=_count(1), default=100, help="timed runs per row")
-    p.add_argument("--warmup", type=_count(0), default=10, help="untimed warm-up runs")
+    p.add_argument("--runs", type=int_at_least(1), default=100, help="timed runs per row")
+    p.add_argument("--warmup", type=int_at_least(0), default=10, help="untimed warm-up runs")
     p.add_argument("--min-seconds", type=float, default=0.0,
                    help="keep timing each row until at least this long has passed")
     p.add_argument("--video", default="auto",
                    help="end-to-end source (file, camera index, URL); auto: the video beside "
                         "the run's data; none: skip")
-    p.add_argument("--video-frames", type=_count(0), default=60, help="frames to use (0: all)")
+    p.add_argument("--video-frames", type=int_at_least(0), default=60,
+                   help="frames to use (0: all)")
     p.add_argument("--video-fps", type=float, default=None,
                    help="pace a file at this rate (default: its own; 0: unpaced)")
     p.add_argument("--device-name", default=None, help="label for this machine in reports")
@@ -120,9 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "benchmark tool")
     v.add_argument("model", help=".tflite model (CPU)")
     v.add_argument("--threads", type=_threads, default=1, help="interpreter threads")
-    v.add_argument("--runs", type=_count(1), default=200, help="timed runs per round, each side")
-    v.add_argument("--warmup", type=_count(0), default=20, help="untimed warm-up runs")
-    v.add_argument("--rounds", type=_count(1), default=5, help="alternating rounds")
+    v.add_argument("--runs", type=int_at_least(1), default=200,
+                   help="timed runs per round, each side")
+    v.add_argument("--warmup", type=int_at_least(0), default=20, help="untimed warm-up runs")
+    v.add_argument("--rounds", type=int_at_least(1), default=5, help="alternating rounds")
     v.add_argument("--tolerance", type=float, default=0.10, help="allowed relative difference")
     v.add_argument("--json", default=None, metavar="OUT.json", help="also write the result")
     v.set_defaults(func=_validate)

@@ -191,6 +191,20 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def int_at_least(lo: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``lo``, with a one-line error quoting the text."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") \
+                from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+        return v
+    return parse
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``error: ... (see PROG --help)``), status 2, and
     :class:`HelpFormatter`; subcommand parsers inherit both."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import CORAL
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
@@ -28,10 +29,8 @@ PHOTOS = ("cat.bmp", "parrot.jpg", "grace_hopper.bmp", "hot_dog.jpg")
 
 
 def coral_dir() -> Path | None:
-    for d in (ROOT.parent / "shared" / "reference" / "coral", ROOT / "data" / "coral"):
-        if (d / MODEL).is_file():
-            return d
-    return None
+    """Coral's reference data where conftest found it (../shared, else data/coral)."""
+    return CORAL if (CORAL / MODEL).is_file() else None
 
 
 @pytest.fixture(scope="module")

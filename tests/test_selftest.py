@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+from conftest import CORAL
 
 from edge_runtime import selftest as st
 from edge_runtime.classify import Classifier
@@ -18,11 +19,8 @@ PHOTOS = ("cat.bmp", "parrot.jpg", "grace_hopper.bmp", "hot_dog.jpg")
 
 
 def coral_dir() -> Path | None:
-    """Coral's reference data: beside the checkout (CI), else fetched by `make test-data`."""
-    for d in (ROOT.parent / "shared" / "reference" / "coral", ROOT / "data" / "coral"):
-        if (d / MODEL).is_file():
-            return d
-    return None
+    """Coral's reference data where conftest found it (../shared, else data/coral)."""
+    return CORAL if (CORAL / MODEL).is_file() else None
 
 
 @pytest.fixture(scope="module")

@@ -21,20 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge_runtime.errors import EXIT_OK, EdgekitError, Parser, cli_main
-
-
-def _int_at_least(lo: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") \
-                from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
-        return v
-    return parse
+from edge_runtime.errors import EXIT_OK, EdgekitError, Parser, cli_main, int_at_least
 
 
 def _brightness(text: str) -> tuple[float, float]:
@@ -71,25 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'imagenet' (downloads), 'none' (from scratch), or a local no-top .h5")
     m.add_argument("--alpha", type=float, choices=ALPHAS, default=1.0,
                    help="MobileNetV2 width multiplier")
-    m.add_argument("--img-size", type=_int_at_least(32), default=224,
+    m.add_argument("--img-size", type=int_at_least(32), default=224,
                    help="input size (px); ImageNet weights exist for 96, 128, 160, 192, 224")
     m.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
     m.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the classifier")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=_int_at_least(1), default=10, help="head-training epochs")
-    t.add_argument("--fine-tune-epochs", type=_int_at_least(0), default=0,
+    t.add_argument("--epochs", type=int_at_least(1), default=10, help="head-training epochs")
+    t.add_argument("--fine-tune-epochs", type=int_at_least(0), default=0,
                    help="then fine-tune the top --unfreeze base layers for this many epochs")
-    t.add_argument("--unfreeze", type=_int_at_least(0), default=30,
+    t.add_argument("--unfreeze", type=int_at_least(0), default=30,
                    help="base layers to unfreeze when fine-tuning")
-    t.add_argument("--batch-size", type=_int_at_least(1), default=32, help="batch size")
+    t.add_argument("--batch-size", type=int_at_least(1), default=32, help="batch size")
     t.add_argument("--learning-rate", type=float, default=1e-3,
                    help="Adam learning rate for the head (fine-tuning uses a tenth)")
     t.add_argument("--lr-schedule", choices=SCHEDULES,
                    default="constant", help="learning-rate schedule")
-    t.add_argument("--warmup-epochs", type=_int_at_least(0), default=0,
+    t.add_argument("--warmup-epochs", type=int_at_least(0), default=0,
                    help="linear learning-rate warm-up epochs")
     t.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing")
-    t.add_argument("--patience", type=_int_at_least(1), default=5, help="early-stopping patience")
+    t.add_argument("--patience", type=int_at_least(1), default=5, help="early-stopping patience")
     t.add_argument("--no-class-weights", action="store_true",
                    help="do not weight the loss by inverse class frequency")
     t.add_argument("--strategy", choices=STRATEGIES,
@@ -103,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how images (and later camera frames) are shrunk: bilinear (fast "
                         "on every camera frame; a box reduction first beyond 4x) or "
                         "OpenCV's exact INTER_AREA (about 10x slower)")
-    d.add_argument("--min-per-class", type=_int_at_least(2), default=5,
+    d.add_argument("--min-per-class", type=int_at_least(2), default=5,
                    help="a class with fewer usable images is an error")
     d.add_argument("--cache", choices=CACHE_CHOICES, default="memory",
                    help="keep decoded images after the first epoch: in memory, in a file in "
@@ -129,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--tune", action="store_true",
                    help="search learning rate, dropout, unfreeze depth and alpha first, then "
                         "train with the best configuration")
-    h.add_argument("--max-trials", type=_int_at_least(1), default=10, help="trial budget")
-    h.add_argument("--tune-epochs", type=_int_at_least(1), default=5,
+    h.add_argument("--max-trials", type=int_at_least(1), default=10, help="trial budget")
+    h.add_argument("--tune-epochs", type=int_at_least(1), default=5,
                    help="head-training epochs per trial (fine-tuning trials get as many)")
     return p
 
