@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edge_runtime.errors import EXIT_ERROR, EXIT_OK, EdgekitError
+from edge_runtime.errors import EXIT_ERROR, EXIT_OK, EdgekitError, Parser
 from edge_runtime.fileio import atomic_path
 
 from . import abuse_gen as gen
@@ -365,9 +365,7 @@ SECTIONS = ("mutants", "images", "yaml", "signals", "http")
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser for ``python -m benchmarks.abuse``."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.abuse",
-                                description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m benchmarks.abuse", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, required=True, help="a real .tflite classifier")
     p.add_argument("--labels", default=None, help="its label file (when no manifest)")
     p.add_argument("--out", type=Path, default=Path("runs/abuse.json"), help="JSON results")

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edge_runtime.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EdgekitError
+from edge_runtime.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EdgekitError, Parser
 from edge_runtime.fileio import atomic_path
 
 EXIT_GOAL_MISSED = 3
@@ -386,8 +386,8 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.http_load", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m benchmarks.http_load", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", help="start a daemon with this .tflite model")
     where.add_argument("--url", help="measure a daemon already running on this machine")

@@ -34,7 +34,6 @@ Reports, with the targets from the daemon's specification:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -52,7 +51,7 @@ from edge_runtime.camera import Source, parse_source
 from edge_runtime.capture import Capture
 from edge_runtime.classify import Classifier
 from edge_runtime.config import load_config
-from edge_runtime.errors import EdgekitError
+from edge_runtime.errors import EdgekitError, Parser
 from edge_runtime.loop import Daemon, StopFlag
 from edge_runtime.metrics import Metrics, rss_bytes
 from edge_runtime.outputs import JsonlWriter
@@ -408,8 +407,8 @@ def run_bench(model: Path, video: Path, frames: int, threads: int | None,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.pipeline",
-                                description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m benchmarks.pipeline",
+               description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--video", type=Path, default=None, help="640x480 video (default: made)")
     p.add_argument("--frames", type=int, default=1000)

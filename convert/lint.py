@@ -3,7 +3,6 @@ stop at, and how to fix it. A model that does not load never passes."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import EXIT_ERROR, EXIT_OK, EdgekitError
+from edge_runtime.errors import EXIT_ERROR, EXIT_OK, EdgekitError, Parser
 from edge_runtime.tflite import EDGETPU_CUSTOM_OP
 
 from .graph import Op, read_graph
@@ -285,7 +284,7 @@ def format_report(report: LintReport) -> str:
 def main_lint(argv: list[str] | None = None) -> int:
     """``python -m convert lint MODEL.tflite [--json]``: exit 0 when the model should map
     fully to the Edge TPU (or is already compiled), 1 when not or on bad input."""
-    p = argparse.ArgumentParser(prog="python -m convert lint", description=__doc__)
+    p = Parser(prog="python -m convert lint", description=__doc__)
     p.add_argument("model", help="a .tflite model")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)

@@ -205,15 +205,65 @@ def int_at_least(lo: int) -> Callable[[str], int]:
     return parse
 
 
+_UNRECOGNIZED_BY = "_edgekit_unrecognized_by"  # namespace slot: the parser that left extras
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``error: ... (see PROG --help)``), status 2, and
-    :class:`HelpFormatter`; subcommand parsers inherit both."""
+    """argparse with one-line errors (``error: ... (see PROG --help)``), status 2,
+    :class:`HelpFormatter` and no abbreviated flags; subcommand parsers inherit all three.
+
+    ``allow_abbrev=False``: a prefix such as ``--variant`` for ``--variants`` or ``--thread``
+    for ``--threads`` once ran silently as the longer flag. An unknown flag now names the
+    (sub)command whose ``--help`` lists the right ones, with the closest flag when one is.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self._unrecognized_by: Parser | None = None
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras:
+            # The innermost parser returns first; its name travels up in the namespace.
+            by = getattr(ns, _UNRECOGNIZED_BY, None) or self
+            setattr(ns, _UNRECOGNIZED_BY, by)
+            self._unrecognized_by = by
+        return ns, extras
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extras = self.parse_known_args(args, namespace)
+        if hasattr(ns, _UNRECOGNIZED_BY):
+            delattr(ns, _UNRECOGNIZED_BY)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
 
     def error(self, message: str) -> NoReturn:
-        """Prints ``error: MESSAGE`` on one line and exits with status 2."""
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        """Prints ``error: MESSAGE (see PROG --help)`` on one line and exits with status 2;
+        for unknown flags PROG is the subcommand that was given them."""
+        by = self
+        if message.startswith("unrecognized arguments") and self._unrecognized_by:
+            by = self._unrecognized_by
+            message = brief_line(message, 200) + by._close_flags(message)
+        print(f"error: {message} (see {by.prog} --help)", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+    def _close_flags(self, message: str) -> str:
+        """``; did you mean --variants?`` for a mistyped flag, or ""."""
+        import difflib
+
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        hints = []
+        for word in message.split(":", 1)[-1].split():
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--"):
+                hints += difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        return f"; did you mean {', '.join(dict.fromkeys(hints))}?" if hints else ""
+
+
+def brief_line(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

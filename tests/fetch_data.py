@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: fetch into ``--dest``; one ``error:`` line and exit 1 on failure."""
     ap = argparse.ArgumentParser(
         prog="python -m tests.fetch_data", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     ap.add_argument("--dest", type=Path, default=DEST, help="folder to fill")
     ap.add_argument("--base-url", default=BASE_URL, help="where the files are")
     args = ap.parse_args(argv)

@@ -85,7 +85,19 @@ def test_help_shows_each_default_once_and_never_none():
     (["train", "--data", "d", "--out", "o", "--alpha", "0.3"],
      "argument --alpha: invalid choice: 0.3"),
     (["edge_runtime", "nonsense"], "argument COMMAND: invalid choice: 'nonsense'"),
-    (["convert", "runs/x", "--bogus"], "unrecognized arguments: --bogus"),
+    (["convert", "runs/x", "--bogus"],
+     "unrecognized arguments: --bogus (see python -m convert export --help)"),
+    # No abbreviations: each prefix once ran silently as the longer flag.
+    (["convert", "runs/x", "--variant", "int8"], "unrecognized arguments: --variant int8; "
+     "did you mean --variants? (see python -m convert export --help)"),
+    (["benchmarks", "runs/x", "--thread", "1"], "unrecognized arguments: --thread 1; "
+     "did you mean --threads? (see python -m benchmarks measure --help)"),
+    (["train", "--data", "d", "--out", "o", "--epoch", "5"], "unrecognized arguments: "
+     "--epoch 5; did you mean --epochs? (see python -m train --help)"),
+    (["edge_runtime", "run", "--mod", "m.tflite"], "unrecognized arguments: --mod m.tflite; "
+     "did you mean --model? (see python -m edge_runtime run --help)"),
+    (["convert", "lint", "m.tflite", "--jso"],
+     "unrecognized arguments: --jso; did you mean --json? (see python -m convert lint --help)"),
 ])
 def test_usage_errors_are_one_line_with_status_2(argv, fragment, capsys):
     main = _mains()[argv[0]]
@@ -94,6 +106,23 @@ def test_usage_errors_are_one_line_with_status_2(argv, fragment, capsys):
     assert e.value.code == EXIT_USAGE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+
+
+def test_every_parser_refuses_abbreviated_flags():
+    from benchmarks.abuse import build_parser as abuse
+    from benchmarks.http_load import build_parser as http_load
+    from deploy.cli import build_parser as deploy
+
+    parsers = [*_parsers().values(), abuse(), http_load(), deploy()]
+    for parser in parsers:
+        stack = [parser]
+        while stack:
+            p = stack.pop()
+            assert p.allow_abbrev is False, p.prog
+            for action in p._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    stack += action.choices.values()
+    assert len(parsers) == 7
 
 
 def test_choices_come_from_the_settings():

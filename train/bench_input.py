@@ -20,13 +20,12 @@ after a warm-up (graph tracing) and each measurement is repeated; medians are re
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
 
-from edge_runtime.errors import EXIT_ERROR, EXIT_OK, EdgekitError
+from edge_runtime.errors import EXIT_ERROR, EXIT_OK, EdgekitError, Parser
 
 TARGET_RATIO = 0.9
 
@@ -103,8 +102,8 @@ def _measure(data: str, alpha: float, img_size: int, batch: int, steps: int,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m train.bench_input",
-                                description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m train.bench_input",
+               description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="one subfolder of images per class")
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--img-size", type=int, default=224)

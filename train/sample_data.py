@@ -15,14 +15,13 @@ same files. Output::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge_runtime.errors import EXIT_ERROR, EXIT_OK
+from edge_runtime.errors import EXIT_ERROR, EXIT_OK, Parser
 from edge_runtime.fileio import atomic_path
 
 # class -> (OpenCV hue 0..179 of its usual colour). The hue is jittered per image, so
@@ -172,8 +171,7 @@ def generate(out: str | Path, per_class: int = 100, frames: int = 240, seed: int
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m train.sample_data", description=__doc__.split(
-        "\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m train.sample_data", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path, help="destination folder")
     p.add_argument("--per-class", type=int, default=100, help="images per class (>= 5)")
     p.add_argument("--frames", type=int, default=240, help="video frames (0: no video)")

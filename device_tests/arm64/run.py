@@ -265,7 +265,7 @@ def verify_unit(rootfs: Path, work: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python device_tests/arm64/run.py",
-                                description=__doc__.split("\n")[0])
+                                description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--cache", type=Path, default=Path(os.environ.get(
         "EDGEKIT_ARM64_CACHE", "/var/cache/edgekit-arm64")), help="userland and wheel cache")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "arm64",
