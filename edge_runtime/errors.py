@@ -113,7 +113,9 @@ def cli_main(main: Callable[..., int] | None = None, *, interrupted: str | None 
     * :class:`OSError` (disk full, permission) -> ``error: WHAT: FILE``, :data:`EXIT_ERROR`;
     * SIGTERM -> ``stopped by SIGTERM``, :data:`EXIT_TERMINATED` (0);
     * SIGINT / Ctrl-C -> ``interrupted (SIGINT)``, :data:`EXIT_INTERRUPTED` (130);
-    * a closed stdout (``| head``) -> :data:`EXIT_OK`.
+    * a closed stdout (``| head``) -> :data:`EXIT_OK`;
+    * any other error after SIGINT/SIGTERM arrived (a library that wrapped the interruption
+      in its own exception) -> the stop line and status, as for the signal itself.
 
     Args:
         main: the function (when used as ``@cli_main``).
@@ -129,22 +131,36 @@ def cli_main(main: Callable[..., int] | None = None, *, interrupted: str | None 
                 signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
                 status = _SIGNAL_EXIT[signum]
                 _say(_stop_line(signum) + (f"; {interrupted}" if interrupted else ""))
-            except EdgekitError as e:
-                status = EXIT_ERROR
-                _say(f"error: {e}")
-            except BrokenPipeError:
-                # Python would complain again when flushing the closed stdout at exit.
-                _silence_stdout()
-                status = EXIT_OK
-            except OSError as e:
-                status = EXIT_ERROR
-                what = e.strerror or e.__class__.__name__
-                _say(f"error: {what}: {e.filename}" if e.filename else f"error: {what}")
+            except Exception as e:
+                signum = signal_received()
+                if signum is None:
+                    return _error_status(e)  # re-raises what is not a user-facing error
+                # A library turned the interruption into its own error: numpy's import,
+                # hit inside its C module, raises ImportError with a multi-line "bad
+                # install" advice. The user asked for a stop; say that, with its status.
+                status = _SIGNAL_EXIT[signum]
+                _say(_stop_line(signum) + (f"; {interrupted}" if interrupted else ""))
             return status
 
         return wrapper
 
     return wrap(main) if main is not None else wrap
+
+
+def _error_status(e: Exception) -> int:
+    """The one line and status for an error escaping a CLI's main; others re-raised."""
+    if isinstance(e, EdgekitError):
+        _say(f"error: {e}")
+        return EXIT_ERROR
+    if isinstance(e, BrokenPipeError):
+        # Python would complain again when flushing the closed stdout at exit.
+        _silence_stdout()
+        return EXIT_OK
+    if isinstance(e, OSError):
+        what = e.strerror or e.__class__.__name__
+        _say(f"error: {what}: {e.filename}" if e.filename else f"error: {what}")
+        return EXIT_ERROR
+    raise e
 
 
 def _say(line: str) -> None:

@@ -162,6 +162,7 @@ def main():
         print("ready", flush=True)
         time.sleep(30)
     finally:
+        print("cleaning", flush=True)
         time.sleep(30)  # a clean-up that hangs
     return 1
 exit_with(main)
@@ -175,8 +176,9 @@ def test_a_second_signal_ends_a_hanging_clean_up_at_once(sig):
     try:
         assert p.stdout.readline() == "ready\n"
         p.send_signal(sig)
-        time.sleep(0.3)
-        assert p.poll() is None  # still in its clean-up
+        # The child says when the first signal is being handled: a second one sent before
+        # that could merge with it (signals do not queue) on a loaded machine.
+        assert p.stdout.readline() == "cleaning\n"
         t0 = time.monotonic()
         p.send_signal(sig)
         _, err = p.communicate(timeout=WAIT_S)
@@ -185,6 +187,40 @@ def test_a_second_signal_ends_a_hanging_clean_up_at_once(sig):
         if p.poll() is None:
             p.kill()
             p.communicate()
-    assert p.returncode == WANT[sig] and took < 2.0, (p.returncode, err)
+    assert p.returncode == WANT[sig] and took < 5.0, (p.returncode, err)
     assert err.splitlines() == [("interrupted (SIGINT)" if sig == signal.SIGINT
                                  else "stopped by SIGTERM")]
+
+
+WRAPPED_INTERRUPT = r"""
+import os, signal, sys, time
+from edge_runtime.errors import exit_with, install_signal_handlers
+install_signal_handlers()
+def load_library():
+    try:
+        os.kill(os.getpid(), signal.%s)  # lands inside a C module's import ...
+        time.sleep(5)
+    except KeyboardInterrupt as e:  # ... which reports it as a broken install, as numpy's does
+        raise ImportError("\n\nIMPORTANT: PLEASE READ THIS FOR ADVICE\n  bad install\n") from e
+def main():
+    load_library()
+    return 1
+exit_with(main)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_signal_a_library_turned_into_its_own_error_still_stops_cleanly(sig):
+    """Ctrl-C inside numpy's import once printed numpy's multi-line advice and exited 1."""
+    r = subprocess.run([sys.executable, "-c", WRAPPED_INTERRUPT % signal.Signals(sig).name],
+                       cwd=ROOT, capture_output=True, text=True, timeout=WAIT_S)
+    assert (r.returncode, r.stderr) == (WANT[sig], {signal.SIGINT: "interrupted (SIGINT)\n",
+                                                    signal.SIGTERM: "stopped by SIGTERM\n"}[sig])
+
+
+def test_an_error_with_no_signal_behind_it_is_not_taken_for_one():
+    r = subprocess.run([sys.executable, "-c", WRAPPED_INTERRUPT.replace(
+        "os.kill(os.getpid(), signal.%s)", "raise KeyboardInterrupt")
+        .replace("install_signal_handlers()\n", "")], cwd=ROOT, capture_output=True,
+        text=True, timeout=WAIT_S)
+    assert r.returncode == 1 and "IMPORTANT: PLEASE READ" in r.stderr, r.stderr[-300:]
