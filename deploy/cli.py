@@ -6,6 +6,8 @@ Usage:
                             [--ssh-key PATH] [--wheelhouse DIR] [--wheel W.whl] [--keep 3]
                             [--serial 100%] [--max-fail-percent 0] [--health-timeout 60]
     python -m deploy rollback (--host USER@HOST [--port 22] | --inventory hosts.ini)
+    python -m deploy monitor --inventory hosts.ini --out monitoring/ [--config P.yaml]
+                             [--model M.tflite] [--token-file F] [--check] [--help]
 
 ``deploy`` builds the edgekit wheel from this checkout (or takes ``--wheel``), uploads the
 model, its manifest and labels, and the profile, and on each device installs
@@ -102,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rollback", help="return each device to its previous release")
     _target_args(r)
     r.set_defaults(func=_cmd_rollback)
+    from .monitor import add_parser as add_monitor  # python -m deploy monitor
+
+    add_monitor(sub)
     return parser
 
 
