@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EdgekitError, brief
+from .keep_settings import DriftSettings, KeepSettings
 
 MAX_PROFILE_BYTES = 256 * 1024  # shipped profiles are ~2 KB
 INTERPOLATIONS = ("linear", "area")  # as edge_runtime.preprocess.INTERPOLATIONS
@@ -348,12 +349,15 @@ class DeviceConfig:
     http: HttpSettings = field(default_factory=HttpSettings)
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    keep: KeepSettings = field(default_factory=KeepSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
 
 
 _SECTION_CLASSES: dict[str, type] = {
     "model": ModelSettings, "camera": CameraSettings, "classify": ClassifySettings,
     "smoothing": SmoothingSettings, "output": OutputSettings, "http": HttpSettings,
-    "watchdog": WatchdogSettings, "mqtt": MqttSettings}
+    "watchdog": WatchdogSettings, "mqtt": MqttSettings, "keep": KeepSettings,
+    "drift": DriftSettings}
 _TOP_LEVEL = ("name", "description", *_SECTION_CLASSES)
 
 Layer = Mapping[str, Any]  # {"section": {"key": value}} (and "name"/"description")
