@@ -1,0 +1,324 @@
+"""Confidence drift: is the live stream's top-1 still distributed like the validation split?
+
+Convert stores, per exported model file, a compact baseline of that model's own outputs
+on the validation split (:func:`make_baseline`: 101 quantiles of the top-1 confidence and
+the predicted-class counts). :class:`DriftMonitor` keeps the last ``window`` frames and
+compares them with it on two components, each scaled so that 1.0 is its critical value:
+
+* ``confidence``: the Kolmogorov-Smirnov distance between the window's top-1 confidences
+  and the baseline's, over the two-sample critical value ``c(alpha) * sqrt(1/n_eff +
+  1/n_base)`` (plus the quantile grid's 1/100 resolution). KS needs no binning choice, has
+  a distribution-free critical value that is valid at small windows, and the ``1/n_base``
+  term says honestly that a 36-image validation split can only show large shifts.
+* ``classes``: the homogeneity chi-square of predicted-class frequencies against the
+  baseline's (add-1/2 smoothed, so a class never seen in validation is not infinite), as
+  ``sqrt(X2 / chi2_crit)`` so that both components grow linearly with the shift.
+
+Video frames are not independent: a camera looking at one object gives hundreds of equal
+answers. ``n_eff`` (the effective sample size) is estimated from runs: how often the
+predicted class changes, and how often the confidence crosses the baseline's median,
+against how often it would for independent frames. A static scene counts as about one
+observation, a stream that flickers between answers as many. ``drift`` (the gauge) is the
+larger component; 0 means like validation, 1.0 is the default alert line. The alert needs
+``PERSIST`` consecutive checks at or above the threshold and clears after as many below
+``CLEAR`` times it: with ``alpha`` = 0.001 per component and check, that keeps a looping
+in-distribution video from alerting over hours (multiple testing over time), while a
+shifted stream alerts a few dozen frames after the statistic first crosses the line.
+
+``update`` is O(log 101) (a bisect) plus O(1) counters, on the inference thread; every
+``CHECK_EVERY`` frames it recomputes the statistic in O(bins + classes).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import EdgekitError
+
+BASELINE_VERSION = 1
+QUANTILES = 101
+ALPHA = 1e-3
+KS_C = math.sqrt(-0.5 * math.log(ALPHA / 2))  # two-sample KS coefficient c(alpha) ~ 1.95
+Z_ALPHA = 3.090232  # one-sided standard normal quantile at ALPHA
+CHECK_EVERY = 10
+PERSIST = 3
+CLEAR = 0.8
+DEFAULT_THRESHOLD = 1.0
+HYSTERESIS = 0.02  # confidence change that counts as a new observation (see effective_confidence)
+
+
+@dataclass(frozen=True)
+class DriftState:
+    """The drift statistic at the last check.
+
+    Attributes:
+        value: the larger component; 0 = like validation, ``threshold`` = alert line.
+        alert: the value stayed at or above ``threshold`` for ``PERSIST`` checks (and has
+            not yet stayed below ``CLEAR * threshold`` as long).
+        threshold: the alert line.
+        window: frames in the window at the check.
+        confidence: KS distance of top-1 confidence over its critical value.
+        classes: predicted-class chi-square, as sqrt(X2 / critical value).
+        effective_confidence: effective sample size used for ``confidence``.
+        effective_classes: effective sample size used for ``classes``.
+    """
+
+    value: float
+    alert: bool
+    threshold: float
+    window: int
+    confidence: float
+    classes: float
+    effective_confidence: float = 0.0
+    effective_classes: float = 0.0
+
+
+def make_baseline(probs: np.ndarray) -> dict[str, Any]:
+    """The baseline of one model from its probabilities on the validation split.
+
+    Args:
+        probs: (n, classes) array, the model's own outputs (not the Keras source's: an
+            int8 model's confidences are coarser than float's).
+
+    Returns:
+        ``{"n", "confidence_quantiles" (101, sorted), "class_counts"}`` (JSON-ready).
+
+    Raises:
+        EdgekitError: no images, or not a 2-D array.
+    """
+    probs = np.asarray(probs, np.float64)
+    if probs.ndim != 2 or len(probs) == 0:
+        raise EdgekitError(f"drift baseline needs (images, classes) scores, got shape "
+                           f"{probs.shape}")
+    conf = probs.max(1)
+    # inverted_cdf: every quantile is a real score, so ties (int8 steps) stay exact.
+    q = np.quantile(conf, np.linspace(0, 1, QUANTILES), method="inverted_cdf")
+    counts = np.bincount(probs.argmax(1), minlength=probs.shape[1])
+    return {"n": int(len(probs)), "confidence_quantiles": [round(float(v), 6) for v in q],
+            "class_counts": [int(c) for c in counts]}
+
+
+def _chi2_critical(df: int) -> float:
+    """Upper ALPHA quantile of chi-square with ``df`` degrees (Wilson-Hilferty; within a
+    few % above df 1, slightly conservative at df 1)."""
+    a = 2.0 / (9.0 * df)
+    return df * (1.0 - a + Z_ALPHA * math.sqrt(a)) ** 3
+
+
+def _check_baseline(b: Any) -> tuple[list[float], list[int], int]:
+    if not isinstance(b, dict):
+        raise EdgekitError(f"drift baseline: expected an object, got {type(b).__name__}")
+    try:
+        q = [float(v) for v in b["confidence_quantiles"]]
+        counts = [int(c) for c in b["class_counts"]]
+        n = int(b["n"])
+    except KeyError as e:
+        raise EdgekitError(f"drift baseline: missing field {e}") from None
+    except (TypeError, ValueError) as e:
+        raise EdgekitError(f"drift baseline: {e}") from None
+    if len(q) < 2 or any(a > b_ for a, b_ in zip(q, q[1:])) or not 0 <= q[0] <= q[-1] <= 1:
+        raise EdgekitError("drift baseline: confidence_quantiles must be >= 2 sorted values "
+                           "in [0, 1]")
+    if not counts or min(counts) < 0 or n < 1:
+        raise EdgekitError(f"drift baseline: n {n} and class_counts must be positive")
+    return q, counts, n
+
+
+class DriftMonitor:
+    """Compares a sliding window of top-1 answers with one model's validation baseline.
+
+    Thread-safe: ``update`` on the inference thread, ``snapshot`` from any other.
+    """
+
+    def __init__(self, baseline: dict, window: int = 300, threshold: float | None = None
+                 ) -> None:
+        """Args:
+            baseline: one model's entry (see :func:`make_baseline`).
+            window: frames compared (>= 10).
+            threshold: alert line for the value (default 1.0, the critical value).
+
+        Raises:
+            EdgekitError: a malformed baseline, window or threshold.
+        """
+        q, counts, n = _check_baseline(baseline)
+        if not isinstance(window, int) or window < 10:
+            raise EdgekitError(f"drift window {window!r}, expected an integer >= 10 frames")
+        self.threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        if not self.threshold > 0:
+            raise EdgekitError(f"drift threshold {threshold}, expected > 0")
+        self.size = window
+        self.min_frames = max(10, window // 10)
+        self._n_base = n
+        self._q = np.asarray(q, np.float64)
+        self._resolution = 1.0 / len(q)
+        smoothed = np.asarray([c + 0.5 for c in counts] + [0.5])  # last: unknown indices
+        self._p_base = smoothed / smoothed.sum()
+        self._spare = len(counts)
+        self._conf = np.zeros(window, np.float64)
+        self._cls = np.zeros(window, np.int64)
+        self._count = 0  # frames seen; the ring's next slot is count % window
+        self._lock = threading.Lock()
+        self._above = self._below = 0
+        self._alert = False
+        self._state = DriftState(0.0, False, self.threshold, 0, 0.0, 0.0)
+
+    @classmethod
+    def from_manifest(cls, manifest: Any, window: int = 300, threshold: float | None = None,
+                      model: str | None = None) -> DriftMonitor | None:
+        """The monitor for a model, or None when its manifest carries no baseline for it.
+
+        Args:
+            manifest: a :class:`edge_runtime.manifest.Manifest` or its dict form.
+            model: the model's file name, to pick its entry from a ``manifest.json``
+                shared by several variants (an embedded manifest holds just its own).
+        """
+        entry = baseline_for(manifest, model)
+        return None if entry is None else cls(entry, window=window, threshold=threshold)
+
+    def update(self, index: int, score: float) -> None:
+        """Adds one frame's raw top-1 (class index and its score): O(1), and every
+        ``CHECK_EVERY`` frames one O(window log window) check."""
+        c = index if 0 <= index < self._spare else self._spare
+        with self._lock:
+            slot = self._count % self.size
+            self._conf[slot] = score
+            self._cls[slot] = c
+            self._count += 1
+            if self._count % CHECK_EVERY == 0:
+                self._state = self._check()
+
+    def snapshot(self) -> DriftState:
+        """The state at the last check (every ``CHECK_EVERY`` frames)."""
+        with self._lock:
+            return self._state
+
+    def _window(self) -> tuple[np.ndarray, np.ndarray]:
+        """The window's confidences and classes, oldest first."""
+        if self._count <= self.size:
+            return self._conf[:self._count], self._cls[:self._count]
+        cut = self._count % self.size
+        return (np.concatenate([self._conf[cut:], self._conf[:cut]]),
+                np.concatenate([self._cls[cut:], self._cls[:cut]]))
+
+    def _check(self) -> DriftState:
+        conf, cls = self._window()
+        m = len(conf)
+        if m < self.min_frames:
+            return DriftState(0.0, False, self.threshold, m, 0.0, 0.0)
+        n_conf = effective_confidence(conf)
+        freq = np.bincount(cls, minlength=len(self._p_base)) / m
+        n_cls = effective_classes(cls, freq)
+        d_conf = ks_distance(conf, self._q) / (
+            KS_C * math.sqrt(1 / n_conf + 1 / self._n_base) + self._resolution)
+        d_cls = chi2_ratio(freq, self._p_base, n_cls, self._n_base,
+                           df=len(self._p_base) - 2 + int(freq[-1] > 0))
+        value = max(d_conf, d_cls)
+        self._update_alert(value)
+        return DriftState(round(value, 4), self._alert, self.threshold, m,
+                          round(d_conf, 4), round(d_cls, 4), round(n_conf, 1),
+                          round(n_cls, 1))
+
+    def _update_alert(self, value: float) -> None:
+        if value >= self.threshold:
+            self._above, self._below = self._above + 1, 0
+        elif value < CLEAR * self.threshold:
+            self._above, self._below = 0, self._below + 1
+        else:
+            self._above = self._below = 0
+        if not self._alert and self._above >= PERSIST:
+            self._alert = True
+        elif self._alert and self._below >= PERSIST:
+            self._alert = False
+
+
+def ks_distance(values: np.ndarray, quantiles: np.ndarray) -> float:
+    """sup |F_live - F_base|, F_base the step function of the baseline quantile points.
+
+    Both are step functions, so the supremum is at a jump of either: each is evaluated at
+    every jump point and just below it.
+    """
+    xs = np.sort(values)
+    z = np.concatenate([xs, quantiles])
+    q, m = len(quantiles), len(xs)
+    live_at = np.searchsorted(xs, z, "right") / m
+    live_below = np.searchsorted(xs, z, "left") / m
+    base_at = np.searchsorted(quantiles, z, "right") / q
+    base_below = np.searchsorted(quantiles, z, "left") / q
+    return float(max(np.abs(live_at - base_at).max(), np.abs(live_below - base_below).max()))
+
+
+def _markov_n_eff(changes: int, iid_rate: float, m: int) -> float:
+    """Effective sample size of a two-state Markov chain with ``changes`` switches in
+    ``m`` steps, against ``iid_rate`` (the switch rate of independent draws).
+
+    With the switch rate ``s`` scaled so independence is 1/2, the lag-1 correlation is
+    ``1 - 2s`` and ``n_eff = m (1 - rho) / (1 + rho) = m s / (1 - s)``: one static scene
+    counts once, a block of ``k`` scenes about ``k`` times, independent frames ``m`` times.
+    """
+    if m < 2 or iid_rate <= 0:
+        return 1.0
+    s = min(0.5, 0.5 * (changes / (m - 1)) / iid_rate)
+    return float(min(m, max(1.0, m * s / (1 - s))))
+
+
+def effective_confidence(conf: np.ndarray) -> float:
+    """n_eff of a confidence series from its crossings of its own median.
+
+    A crossing counts only when the value moves from below ``median - HYSTERESIS`` to
+    above ``median + HYSTERESIS`` or back: sensor noise around one static scene's score is
+    not new evidence. The window's own median (not the baseline's) keeps a shifted stream,
+    all on one side of the baseline, from looking like one long run.
+    """
+    med = float(np.median(conf))
+    side = np.zeros(len(conf), np.int8)
+    side[conf > med + HYSTERESIS] = 1
+    side[conf < med - HYSTERESIS] = -1
+    known = side[side != 0]
+    changes = int(np.count_nonzero(known[1:] != known[:-1]))
+    return _markov_n_eff(changes, 0.5, len(conf))
+
+
+def effective_classes(cls: np.ndarray, freq: np.ndarray) -> float:
+    """n_eff of a predicted-class series from its class changes, against the change rate
+    ``1 - sum p^2`` of independent draws from the window's own class frequencies."""
+    changes = int(np.count_nonzero(cls[1:] != cls[:-1]))
+    return _markov_n_eff(changes, float(1.0 - (freq ** 2).sum()), len(cls))
+
+
+def chi2_ratio(live: np.ndarray, base: np.ndarray, n_live: float, n_base: int, df: int
+               ) -> float:
+    """``sqrt(X2 / critical)`` of the two-sample chi-square of class frequencies.
+
+    The pooled frequency weighs each side by its (effective) size; the variance of the
+    difference counts both samples' noise, so a small validation split widens the band.
+    """
+    pool = (n_live * live + n_base * base) / (n_live + n_base)
+    x2 = float((((live - base) ** 2) / (pool * (1 / n_live + 1 / n_base))).sum())
+    return math.sqrt(x2 / _chi2_critical(max(1, df)))
+
+
+def baseline_for(manifest: Any, model: str | None = None) -> dict | None:
+    """One model's baseline entry from a manifest (object or dict), or None.
+
+    ``drift_baseline`` is ``{"version", "split", "models": {file name: entry}}``; with a
+    ``model`` name its entry, else the only entry (an embedded manifest's own).
+    """
+    d = getattr(manifest, "drift_baseline", None)
+    if d is None and isinstance(manifest, dict):
+        d = manifest.get("drift_baseline")
+    if not isinstance(d, dict) or not isinstance(d.get("models"), dict) or not d["models"]:
+        return None
+    models = d["models"]
+    if model is not None:
+        name = str(model).replace("\\", "/").rsplit("/", 1)[-1]
+        if name in models:
+            return models[name]
+    return next(iter(models.values())) if len(models) == 1 else None
+
+
+__all__ = ["DriftMonitor", "DriftState", "baseline_for", "make_baseline"]
