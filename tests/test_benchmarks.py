@@ -327,24 +327,32 @@ def test_validate_alternates_and_compares_medians(tmp_path, monkeypatch):
 
     model = tmp_path / "m.tflite"
     model.write_bytes(b"TFL3")
-    calls = []
-    harness = iter([2.0, 3.0, 2.5])
-    tool = iter([1.0, 2.0, 4.0])
+    calls, asked = [], set()
+    harness = iter([2.0, 3.0, 2.5, 2.0, 3.0, 2.5])
+    tool = iter([1.0, 2.0, 4.0, 1.0, 2.0, 4.0])
 
     def fake_row(spec):
         calls.append("harness")
+        asked.add(("harness", spec["model"], spec["threads"], spec["runs"], spec["warmup"]))
+        assert spec["image"] is None  # the tool feeds random input too: no JPEG decode
         return {"latency_ms": {"p50": next(harness)}}
 
     def fake_tool(path, threads, runs, warmup):
         calls.append("tool")
+        asked.add(("tool", str(path), threads, runs, warmup))
         return {"latency": {"median_ms": next(tool)}}
 
     monkeypatch.setattr(val, "is_edgetpu_model", lambda p: False)
     monkeypatch.setattr(val, "tool_available", lambda: True)
     monkeypatch.setattr(val, "measure_row", fake_row)
     monkeypatch.setattr(val, "run_tool", fake_tool)
-    r = val.validate(model, threads=1, runs=3, warmup=0, rounds=3, tolerance=0.2)
+    r = val.validate(model, threads=2, runs=3, warmup=1, rounds=3, tolerance=0.2)
     # Alternating order, so that drift in machine load hits both sides alike.
     assert calls == ["harness", "tool", "tool", "harness", "harness", "tool"]
+    # Both sides time the same model with the same settings, or the ratio means nothing.
+    assert asked == {("harness", str(model), 2, 3, 1), ("tool", str(model), 2, 3, 1)}
     assert (r["harness_p50_ms"], r["tool_median_ms"]) == (2.5, 2.0)  # medians of rounds
+    assert (r["harness_rounds_ms"], r["tool_rounds_ms"]) == ([2.0, 3.0, 2.5], [1.0, 2.0, 4.0])
     assert r["ratio"] == 1.25 and r["within_tolerance"] is False
+    r = val.validate(model, threads=2, runs=3, warmup=1, rounds=3, tolerance=0.25)
+    assert r["within_tolerance"] is True  # the band's edge is inside it

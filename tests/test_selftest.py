@@ -8,10 +8,10 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import CORAL
 
 from edge_runtime import selftest as st
 from edge_runtime.classify import Classifier
+from tests.conftest import CORAL
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
@@ -106,16 +106,27 @@ def test_model_without_cases_is_skipped():
     assert "no golden cases" in report.summary()
 
 
-def test_margin_filter_drops_ambiguous_images(golden):
+def test_margin_filter_drops_ambiguous_images(golden, monkeypatch):
     _, labels, _ = golden
     coral = coral_dir()
     clf = Classifier(coral / MODEL, labels=labels)
-    grey = cv2.imread(str(coral / "cat.bmp"))
+    cat = cv2.imread(str(coral / "cat.bmp"))
+    grey = cat.copy()
     grey[:] = 128  # a flat image: no confident class
-    cases = st.make_cases(clf, [("flat", grey)])
-    kept = [c["name"] for c in cases["cases"]]
-    scores = [t["score"] for c in cases["cases"] for t in c["top"][:2]]
-    assert kept == [] or scores[0] - scores[1] > 2 * cases["tolerance"]
+    images = [("cat", cat), ("flat", grey)]
+
+    def margins(tolerance: float) -> dict[str, float]:
+        monkeypatch.setattr(st, "score_tolerance", lambda fc: tolerance)
+        cases = st.make_cases(clf, images)
+        assert cases["tolerance"] == tolerance
+        return {c["name"]: c["top"][0]["score"] - c["top"][1]["score"] for c in cases["cases"]}
+
+    every = margins(0.0)  # no filter: both kept, with their top-1 margins
+    assert set(every) == {"cat", "flat"} and every["flat"] < every["cat"], every
+    # A tolerance whose doubled band covers the flat image's margin, not the cat's.
+    assert set(margins(every["flat"] / 2)) == {"cat"}
+    assert set(margins(every["cat"] / 2)) == set()
+    assert set(margins(every["flat"] / 2.5)) == {"cat", "flat"}
 
 
 def _selftest_cli(*args):

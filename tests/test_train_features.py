@@ -203,14 +203,26 @@ def test_training_context_leaves_no_process_wide_setting_behind(monkeypatch):
 def test_gpu_hint_only_when_an_nvidia_gpu_seems_present(monkeypatch, capsys):
     from train import core
 
+    devices = {"/dev/nvidia0": False}  # core's view of the paths it asks about
+
+    class FakePath:  # replaces core's Path only, never pathlib.Path for the whole process
+        def __init__(self, path):
+            self.path = str(path)
+
+        def exists(self):
+            return devices[self.path]
+
+    monkeypatch.setattr(core, "Path", FakePath)
     monkeypatch.setattr(core.shutil, "which", lambda name: None)
-    monkeypatch.setattr(core.Path, "exists", lambda self: False)
     assert core.gpu_hint() is None and capsys.readouterr().err == ""
     monkeypatch.setattr(core.shutil, "which",
                         lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
     line = core.gpu_hint()
     assert "pip install 'edgekit[gpu]'" in line
     assert capsys.readouterr().err == line + "\n"
+    monkeypatch.setattr(core.shutil, "which", lambda name: None)
+    devices["/dev/nvidia0"] = True  # a device node without nvidia-smi (a container)
+    assert core.gpu_hint() == line
 
 
 def test_quiet_filter_drops_only_tensorflow_noise(tmp_path):
