@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgekitError
+from .errors import EdgekitError, brief
 from .preprocess import DEFAULT_INTERPOLATION, INTERPOLATIONS
 
 MANIFEST_NAME = "manifest.json"
@@ -45,6 +45,9 @@ class Manifest:
             :data:`edge_runtime.preprocess.INTERPOLATIONS`. A manifest without the field
             was written before the choice existed, when every model used "area".
         extra: everything else (training settings, split file lists, provenance).
+        drift_baseline: the validation split's top-1 confidence and class distribution
+            per model file (``{"version", "split", "models": {file: entry}}``, see
+            :mod:`edge_runtime.drift`); None for a manifest written before it existed.
     """
 
     labels: list[str]
@@ -54,6 +57,7 @@ class Manifest:
     resize: str = "stretch"
     extra: dict[str, Any] = field(default_factory=dict)
     interpolation: str = DEFAULT_INTERPOLATION
+    drift_baseline: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.color_order not in ("RGB", "BGR"):
@@ -76,6 +80,8 @@ class Manifest:
         d["normalization"] = asdict(self.normalization)
         d["resize"] = self.resize
         d["interpolation"] = self.interpolation
+        if self.drift_baseline is not None:
+            d["drift_baseline"] = self.drift_baseline
         for k, v in self.extra.items():
             d.setdefault(k, v)
         return d
@@ -84,13 +90,16 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> Manifest:
         """Builds a Manifest from its JSON form, naming the bad field on error."""
         known = {"schema_version", "labels", "input_size", "color_order", "normalization",
-                 "resize", "interpolation"}
+                 "resize", "interpolation", "drift_baseline"}
         try:
             labels = d["labels"]
             if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
                 raise ValueError("labels must be a list of strings")
             size = d["input_size"]
             norm = d.get("normalization", {})
+            drift = d.get("drift_baseline")
+            if drift is not None and not isinstance(drift, dict):
+                raise ValueError(f"drift_baseline must be an object, got {brief(drift)}")
             return cls(
                 labels=list(labels),
                 input_size=(int(size["height"]), int(size["width"])),
@@ -99,6 +108,7 @@ class Manifest:
                                             float(norm.get("std", 1.0))),
                 resize=d.get("resize", "stretch"),
                 interpolation=d.get("interpolation", "area"),
+                drift_baseline=drift,
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except KeyError as e:
