@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "OpenCV's exact INTER_AREA (about 10x slower)")
     d.add_argument("--min-per-class", type=int_at_least(2), default=5,
                    help="a class with fewer usable images is an error")
+    d.add_argument("--field-test-fraction", type=float, default=0.3,
+                   help="share of the field images (images with a device sidecar) held out "
+                        "as the field test split, by whole device/time groups")
+    d.add_argument("--field-block-seconds", type=float, default=600.0,
+                   help="field images are grouped by device and blocks of this many seconds "
+                        "of the source's clock; neighbouring frames never straddle splits "
+                        "within a block")
     d.add_argument("--cache", choices=CACHE_CHOICES, default="memory",
                    help="keep decoded images after the first epoch: in memory, in a file in "
                         "the run folder (large datasets), or not at all")
@@ -150,7 +157,9 @@ def config_from_args(args: argparse.Namespace):
         interpolation=args.interpolation,
         class_weights=not args.no_class_weights, min_per_class=args.min_per_class,
         lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs, cache=args.cache,
-        strategy=args.strategy, seed=args.seed, force=args.force)
+        strategy=args.strategy, seed=args.seed, force=args.force,
+        field_test_fraction=args.field_test_fraction,
+        field_block_seconds=args.field_block_seconds)
 
 
 @cli_main

@@ -41,6 +41,10 @@ class TrainConfig:
         label_smoothing: label smoothing of the cross-entropy loss.
         val_fraction: share of each class for validation (early stopping, checkpoints).
         test_fraction: share of each class held out, never seen in training.
+        field_test_fraction: share of the field images (those with a device sidecar)
+            held out as the field test split, by whole device/time groups
+            (:mod:`train.field`).
+        field_block_seconds: length of the time blocks field images are grouped by.
         patience: early-stopping patience in epochs.
         augment: augmentation settings, or None for none.
         augment_policy: "auto" (a short pilot on the validation split picks ``augment``
@@ -77,6 +81,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    field_test_fraction: float = 0.3
+    field_block_seconds: float = 600.0
     patience: int = 5
     augment: Augment | None = field(default_factory=Augment)
     augment_policy: str = "custom"
@@ -98,6 +104,10 @@ class TrainConfig:
         if not 0 < self.val_fraction < 0.5 or not 0 < self.test_fraction < 0.5:
             raise EdgekitError("val and test fractions must be in (0, 0.5), got "
                                f"{self.val_fraction} and {self.test_fraction}")
+        if not 0 < self.field_test_fraction < 1 or not self.field_block_seconds > 0:
+            raise EdgekitError("field_test_fraction must be in (0, 1) and field_block_seconds "
+                               f"> 0, got {self.field_test_fraction} and "
+                               f"{self.field_block_seconds}")
         choices = {"augment_policy": AUGMENT_POLICIES, "lr_schedule": SCHEDULES,
                    "strategy": STRATEGIES, "cache": CACHE_CHOICES,
                    "resize": ("center_crop", "stretch"), "interpolation": INTERPOLATIONS}

@@ -24,6 +24,7 @@ from edge_runtime.manifest import Manifest, Normalization
 from . import checkpoint as ckpt
 from .config import TrainConfig, warn
 from .data import Split, load_arrays
+from .field import evaluate_field, field_record, summary
 from .prepare import class_weights, prepare
 from .report import evaluate_predictions, plot_confusion, plot_history
 
@@ -72,7 +73,8 @@ def _data(cfg: TrainConfig, out: Path, resume: bool):
     if resume:
         return ckpt.read_data(out)
     classes, split, root, report = prepare(
-        cfg.data, out, cfg.min_per_class, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        cfg.data, out, cfg.min_per_class, cfg.val_fraction, cfg.test_fraction, cfg.seed,
+        cfg.field_test_fraction, cfg.field_block_seconds)
     ckpt.write_data(out, classes, split, root, report)
     return classes, split, root, report
 
@@ -409,6 +411,7 @@ def _write_outputs(run: _Run, model, train_seconds: float) -> None:
     test = evaluate_predictions(probs, d.y_te, d.classes)
     val = evaluate_predictions(model.predict(d.x_va.astype(np.float32), verbose=0), d.y_va,
                                d.classes)
+    field = evaluate_field(model, d.root, d.report, d.classes, cfg)  # None: no field images
     with atomic_path(out / "model.keras") as tmp:
         model.save(tmp)
     write_labels(out / "labels.txt", d.classes)
@@ -421,7 +424,7 @@ def _write_outputs(run: _Run, model, train_seconds: float) -> None:
                       "input_range": "0-255 RGB; scaled to [-1, 1] inside the model",
                       "weights": cfg.weights},
             "data": {"root": str(d.root.resolve()), "split": Split.to_dict(d.split),
-                     "skipped": d.skipped},
+                     "skipped": d.skipped} | field_record(d.report),
             "training": cfg.to_dict() | {"seconds": round(train_seconds, 1),
                                          "resumed": run.resume},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -435,14 +438,14 @@ def _write_outputs(run: _Run, model, train_seconds: float) -> None:
                                       "best_val_score_during_training": run.state.best,
                                       "val_score_meaning": ckpt.SCORE_MEANING,
                                       "class_weights": cw,
-                                      "train_seconds": round(train_seconds, 1)})
-    write_text(out / "metrics_summary.txt",
-               f"test top1 {test['top1']:.4f} on {test['count']} held-out images\n")
+                                      "train_seconds": round(train_seconds, 1)}
+               | ({"field_test": field} if field else {}))
+    write_text(out / "metrics_summary.txt", summary(test, field))
     plot_history(hist, out / "training_curves.png")
     plot_confusion(np.asarray(test["confusion_matrix"]), d.classes,
                    out / "confusion_matrix.png")
-    print(f"test top-1 {test['top1']:.4f} on {test['count']} held-out images; "
-          f"trained in {train_seconds:.0f} s; wrote {out}")
+    print(f"{summary(test, field).strip().replace(chr(10), '; ')}; trained in "
+          f"{train_seconds:.0f} s; wrote {out}")
 
 
 def _loss(cfg: TrainConfig):

@@ -35,8 +35,12 @@ class Dataset:
 
 
 def _all_files(folder: Path) -> list[Path]:
+    """The files of a class folder, less hidden ones and field images' sidecars (the JSON
+    beside a kept frame, read by :mod:`train.field`, is not an image to check)."""
+    from .field import is_sidecar
+
     return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and
-                  (p.is_file() or p.is_symlink()))
+                  (p.is_file() or p.is_symlink()) and not is_sidecar(p))
 
 
 def _class_folders(folder: Path) -> dict[str, list[Path]]:

@@ -20,6 +20,7 @@ each scene with its own background and light. Output::
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2

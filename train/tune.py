@@ -79,7 +79,8 @@ def _search_and_train(kt, cfg: TrainConfig, out: Path, max_trials: int,
 
     warn(cfg)
     classes, split, root, _ = prepare(cfg.data, out, cfg.min_per_class, cfg.val_fraction,
-                                      cfg.test_fraction, cfg.seed)
+                                      cfg.test_fraction, cfg.seed, cfg.field_test_fraction,
+                                      cfg.field_block_seconds)
     k, size = len(classes), (cfg.img_size, cfg.img_size)
     weights = None if cfg.weights.lower() == "none" else cfg.weights
     fine_tuning = weights is not None and cfg.fine_tune_epochs > 0
