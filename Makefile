@@ -43,7 +43,7 @@ demo: setup $(SAMPLE)/video.avi ## whole pipeline on built-in sample data: train
 	@echo "      Training curves: $(DEMO)/training_curves.png  Conversion: $(DEMO)/export/convert_report.json"
 
 test: setup ## run the test suite, less the slow tests (make test-slow; CI runs both)
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || echo "chromium not installed: the live-page browser test will be skipped"
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null); } || echo "chromium/chromium-driver not installed: the browser tests will be skipped"
 	$(PY) -m pytest -q tests -m "not slow"
 
 .PHONY: test-slow
