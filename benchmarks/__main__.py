@@ -7,6 +7,7 @@ Usage:
                              [--device-name NAME] [--compare OLD.json [--strict]]
     python -m benchmarks report DIR... [--out DIR]
     python -m benchmarks compare NEW.json OLD.json [--strict]
+    python -m benchmarks compare OLD_MODEL NEW_MODEL --data FOLDER [--json OUT] [--out DIR]
     python -m benchmarks validate MODEL [--threads N] [--runs N] [--rounds N]
     python -m benchmarks video-check CAMERA.jsonl FRAME_LABELS.txt
 
@@ -23,7 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_runtime.errors import EXIT_OK, Parser, cli_main, int_at_least
+from edge_runtime.errors import EXIT_OK, EdgekitError, Parser, cli_main, int_at_least
 
 EXIT_REGRESSION = 3
 _COMMANDS = ("measure", "report", "compare", "validate", "video-check")
@@ -97,9 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default: DIR itself for one, ./bench-merged for several)")
     r.set_defaults(func=_report)
 
-    c = sub.add_parser("compare", help="compare results against a reference")
-    c.add_argument("new", help="results.json (or its folder) to check")
-    c.add_argument("old", help="reference results.json")
+    c = sub.add_parser("compare", help="compare results against a reference, or two models "
+                                       "on the same images (--data)")
+    c.add_argument("first", metavar="A", help="results.json (or its folder) to check; with "
+                                              "--data: the OLD model (.tflite or .onnx)")
+    c.add_argument("second", metavar="B", help="reference results.json; with --data: the "
+                                               "NEW model")
+    c.add_argument("--data", default=None, metavar="FOLDER",
+                   help="compare models A and B on these images (one subfolder per class)")
+    c.add_argument("--json", default=None, metavar="OUT.json",
+                   help="with --data: write the comparison here")
+    c.add_argument("--out", default=None, metavar="DIR",
+                   help="with --data: write compare.json, compare.md, differences.csv")
     _add_tolerances(c)
     c.set_defaults(func=_compare)
 
@@ -179,10 +189,21 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    """``compare NEW OLD``: regression check without measuring."""
+    """``compare NEW OLD``: regression check without measuring; ``compare OLD NEW --data``:
+    two models on the same images (benchmarks.compare)."""
+    if args.data is not None:
+        from .compare import run
+
+        run(args.first, args.second, args.data, args.json, args.out)
+        return EXIT_OK
+    if args.json or args.out:
+        raise EdgekitError("--json and --out go with --data (comparing two models)")
+    if Path(args.first).suffix in (".tflite", ".onnx"):
+        raise EdgekitError(f"comparing two models needs --data FOLDER (labelled images): "
+                           f"{args.first}")
     from .analysis import compare, load_results
 
-    cmp = compare(load_results(args.new), load_results(args.old), args.tolerance,
+    cmp = compare(load_results(args.first), load_results(args.second), args.tolerance,
                   args.accuracy_tolerance)
     for n in cmp["notes"]:
         print(f"note: {n}", file=sys.stderr)
