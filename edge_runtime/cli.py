@@ -4,6 +4,7 @@ Usage:
     python -m edge_runtime classify --model M.tflite [--labels L] [--top-k K] [--json] IMAGE...
     python -m edge_runtime run --model M.tflite --source SRC [--output FILE] [--max-frames N]
                                [--realtime] [--http [HOST:]PORT]
+                               [--keep-dir DIR [--keep-max-per-minute N]]
     python -m edge_runtime run --config device_configs/NAME.yaml [--set section.key=value ...]
     python -m edge_runtime doctor [--config device_configs/NAME.yaml]
     python -m edge_runtime unit --config device_configs/NAME.yaml [--user USER]
@@ -15,8 +16,11 @@ Usage:
 file, URL, GStreamer pipeline, picamera2) on a capture thread, classifies the newest one
 and writes one JSON line per result; optionally it serves HTTP (live page, MJPEG,
 /latest, /healthz, /metrics) and publishes label changes over MQTT. It stops at the end
-of a file. With ``--config``, settings come from a device profile; precedence: flags >
-``--set`` > ``EDGEKIT_<SECTION>_<KEY>`` environment variables > the profile > defaults.
+of a file. With ``--keep-dir`` (or ``keep.dir``) it keeps the frames worth labelling (low
+confidence, near the threshold, disagreement, chosen classes, a random sample) as JPEG +
+JSON sidecar pairs, on a writer thread that never slows inference. With ``--config``,
+settings come from a device profile; precedence: flags > ``--set`` >
+``EDGEKIT_<SECTION>_<KEY>`` environment variables > the profile > defaults.
 ``doctor`` checks the machine (and what a profile needs, and lists the cameras);
 ``unit`` prints the systemd unit for a profile. ``selftest`` replays the golden cases
 stored in a model by ``convert`` on this machine (decoder, resizer, interpreter) and checks
@@ -47,6 +51,7 @@ from .errors import (
     EdgekitError,
     Parser,
     cli_main,
+    int_at_least,
     signal_received,
 )
 
@@ -153,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--http", type=_http_address, default=None, metavar="[HOST:]PORT",
                    help="serve the live page, /stream.mjpg, /latest, /healthz, /metrics "
                         "(default host 127.0.0.1; port 0 picks a free one)")
+    r.add_argument("--keep-dir", type=Path, default=None, metavar="DIR",
+                   help="keep frames worth labelling here (JPEG + JSON sidecar; the "
+                        "profile's keep: section says which)")
+    r.add_argument("--keep-max-per-minute", type=int_at_least(0), default=None, metavar="N",
+                   help="kept frames per minute of the source's clock at most (0: no limit; "
+                        "default keep.max_per_minute, 6)")
     r.set_defaults(func=_cmd_run)
 
     d = sub.add_parser("doctor", help="check this machine (and what a profile needs)")
@@ -229,6 +240,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "classify": {"threshold": args.threshold},
         "output": {"jsonl": args.output},
         "http": {},
+        "keep": {"dir": args.keep_dir, "max_per_minute": args.keep_max_per_minute},
     }
     if args.edgetpu:
         given["model"]["delegate"] = "edgetpu"
@@ -356,6 +368,10 @@ def _reload(args: argparse.Namespace):
 
         clf.labels = read_labels(args.labels)
     check_model(clf, "off" if cfg.model.selftest == "off" else "fail")
+    if cfg.keep.enabled:
+        from .keep import KeepPolicy
+
+        KeepPolicy(cfg.keep, cfg.classify.threshold, clf.labels)  # keep.classes vs labels
     return clf, cfg
 
 
@@ -395,21 +411,47 @@ def _run_daemon(args: argparse.Namespace, stop):
         notifier = Notifier(enabled=cfg.watchdog.systemd)
         stack.callback(notifier.close)
         stack.callback(notifier.stopping)
+        keeper = _start_keeper(cfg, clf, source)
+        if keeper is not None:
+            stack.callback(keeper.stop)
         daemon = Daemon(clf, capture, cfg, writer, stop, args.max_frames, mqtt=mqtt,
-                        notifier=notifier, metrics=metrics)
+                        notifier=notifier, metrics=metrics, keeper=keeper)
         daemon.reloader = lambda: _reload(args)
         if cfg.http.enabled:
             from .server import Server
 
             server = Server(cfg.http, metrics, daemon.status, cfg.watchdog.health_max_age_s,
-                            cfg.name).start()
+                            cfg.name, keeper.store if keeper else None).start()
             stack.callback(server.stop)
             daemon.server = server
         threads = cfg.model.threads or "default"
         print(f"edgekit: {clf.model_path} on {clf.backend.name} {clf.backend.version} "
               f"({delegate}, threads {threads}); source {source.kind} {source.display}"
-              + (f"; http {daemon.server.url}" if daemon.server else ""), file=sys.stderr)
+              + (f"; http {daemon.server.url}" if daemon.server else "")
+              + (f"; keeping frames in {cfg.keep.dir}" if keeper else ""), file=sys.stderr)
         return daemon.run(), clf
+
+
+def _start_keeper(cfg, clf, source):
+    """The started :class:`edge_runtime.keep.Keeper` when ``keep.dir`` is set, else None.
+
+    Raises:
+        EdgekitError: ``keep.classes`` names an unknown label, or the folder cannot be made.
+    """
+    if not cfg.keep.enabled:
+        return None
+    from .keep import Keeper, file_fps
+    from .redact import redact
+
+    keep_dir = Path(cfg.keep.dir)
+    try:
+        keep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgekitError(f"cannot create the keep folder: {e.strerror or e} "
+                           f"[{keep_dir}]") from None
+    fps = None if source.live else file_fps(str(source.target), cfg.camera.fps)
+    return Keeper(cfg.keep, cfg.classify.threshold, clf.labels, clf.model_path,
+                  redact(str(source.target)), fps).start()
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:

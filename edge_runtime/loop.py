@@ -26,6 +26,19 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_S = 10.0
 
 
+def drift_monitor(classifier: Classifier, settings: Any) -> Any:
+    """The :class:`edge_runtime.drift.DriftMonitor` for a model (``drift:`` section), or
+    None when drift is off or the model carries no baseline."""
+    manifest = classifier.manifest
+    if not settings.enabled or manifest is None:
+        return None
+    from .drift import DriftMonitor
+
+    return DriftMonitor.from_manifest(manifest.to_dict(), window=settings.window,
+                                      threshold=settings.threshold,
+                                      model=classifier.model_path.name)
+
+
 class StopFlag:
     """Set by SIGINT/SIGTERM; the loop checks it between frames. SIGHUP (``systemctl
     reload``) sets :attr:`reload` instead: re-read the profile and the model."""
@@ -110,12 +123,13 @@ class Daemon:
         mqtt: an :class:`edge_runtime.outputs.MqttPublisher`, or None.
         notifier: systemd :class:`Notifier`, or None.
         metrics: shared :class:`Metrics` (created when None).
+        keeper: a started :class:`edge_runtime.keep.Keeper`, or None (keeping off).
     """
 
     def __init__(self, classifier: Classifier, capture: Capture, cfg: Any,
                  writer: JsonlWriter | None, stop: StopFlag, max_frames: int | None = None,
                  server: Any = None, mqtt: Any = None, notifier: Notifier | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, keeper: Any = None) -> None:
         self.classifier = classifier
         self.frames = FrameClassifier(classifier)
         self.smoother = Smoother(classifier.labels, classifier.num_classes, cfg.classify,
@@ -130,6 +144,11 @@ class Daemon:
         self.notifier = notifier or Notifier(enabled=False)
         self.metrics = metrics or Metrics()
         self.metrics.capture = capture
+        self.keeper = keeper
+        self.metrics.keeper = keeper
+        # Confidence drift: the raw top-1 of every frame against the model's baseline.
+        self.drift = drift_monitor(classifier, cfg.drift)
+        self.metrics.drift = None
         # Preprocess on the capture thread, as frames arrive (overlapping invoke()).
         capture.prepare = self.frames.prepare
         self.count = 0
@@ -156,11 +175,18 @@ class Daemon:
                 "selftest": getattr(self.classifier, "selftest_status", "off"),
                 "reloads_total": self.metrics.model_reloads,
                 "reload_failures_total": self.metrics.model_reload_failures,
-                "last_reload_error": self.reload_error}
+                "last_reload_error": self.reload_error, **self._drift_fields()}
+
+    def _drift_fields(self) -> dict[str, Any]:
+        """``drift`` and ``drift_alert`` for /healthz and /latest (null without a baseline)."""
+        state = self.metrics.drift
+        return {"drift": None if state is None else state.value,
+                "drift_alert": None if state is None else state.alert}
 
     def _reload_worker(self) -> None:
         try:
-            self._reloaded = self.reloader()
+            clf, cfg = self.reloader()
+            self._reloaded = (clf, cfg, drift_monitor(clf, cfg.drift))
         except Exception as e:  # any failure keeps the serving model; said, never fatal
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             self.reload_error = msg
@@ -178,10 +204,16 @@ class Daemon:
             self._reload_thread.start()
         if self._reloaded is None:
             return
-        clf, cfg = self._reloaded
+        clf, cfg, drift = self._reloaded
         self._reloaded = None
         old = self.classifier.model_path
         self.classifier, self.frames, self.cfg = clf, FrameClassifier(clf), cfg
+        self.drift = drift  # the new model's own baseline
+        self.metrics.drift = None
+        if self.keeper is not None:
+            self.keeper.set_model(clf.model_path, clf.labels, cfg.classify.threshold,
+                                  cfg.keep if cfg.keep.dir == self.keeper.settings.dir
+                                  else None)
         self.smoother = Smoother(clf.labels, clf.num_classes, cfg.classify, cfg.smoothing)
         self.capture.prepare = self.frames.prepare
         self._reprepare = 2  # frames the capture thread may have prepared for the old model
@@ -190,8 +222,8 @@ class Daemon:
             self.metrics.model_reloads += 1
             self.metrics.info["model"] = str(clf.model_path)
             self.metrics.info["selftest"] = getattr(clf, "selftest_status", "off")
-        log.warning("reloaded: %s -> %s (camera, output and http settings need a restart)",
-                    old, clf.model_path)
+        log.warning("reloaded: %s -> %s (camera, output, http and keep.dir settings need a "
+                    "restart)", old, clf.model_path)
 
     def _keepalive(self, progressed: bool, now: float) -> None:
         """WATCHDOG=1 while frames are classified, or while the camera is being reopened
@@ -213,6 +245,12 @@ class Daemon:
             log.warning("bad frame %d skipped: %s", frame.seq, str(e).strip().splitlines()[-1])
             return
         result = self.smoother(scores)
+        raw = result.raw
+        if self.drift is not None and raw is not None:
+            self.drift.update(raw.index, raw.score)
+            self.metrics.drift = self.drift.snapshot()  # recomputed every few frames
+        if self.keeper is not None:
+            self.keeper.offer(frame, scores, result, self.metrics.drift)
         invoke_ms = self.frames.last_invoke_ms
         age_ms = (time.monotonic() - frame.t) * 1000.0
         out = self.cfg.output
@@ -230,7 +268,7 @@ class Daemon:
         # Per-frame cost: from the hand-off (or the frame's arrival, if we waited) to the
         # result handed to every output; the frame's age is taken when the result is ready.
         self.metrics.observe(invoke_ms / 1000.0, time.monotonic() - max(t0, frame.t),
-                             age_ms / 1000.0)
+                             age_ms / 1000.0, raw)
         self.count += 1
         self.total_invoke_ms += invoke_ms
 

@@ -22,6 +22,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0
 FPS_WINDOW_S = 2.0  # the rate shown is over this many recent seconds
 FPS_MAX_FRAMES = 1024
 AGE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Top-1 confidence: finer near 1, where a healthy model's answers pile up.
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 class Histogram:
@@ -78,6 +80,10 @@ class Metrics:
         self.inference = Histogram(LATENCY_BUCKETS)
         self.frame_cost = Histogram(LATENCY_BUCKETS)
         self.frame_age = Histogram(AGE_BUCKETS)
+        self.top1 = Histogram(CONFIDENCE_BUCKETS)  # the model's raw top-1 score per frame
+        self.predictions: collections.Counter[str] = collections.Counter()  # raw top-1 label
+        self.drift: Any = None  # the latest DriftState (None: no baseline)
+        self.keeper: Any = None  # the Keeper, for kept / dropped frames and bytes
         self.last_result_t: float | None = None
         self.last_frame_age = 0.0
         self._recent: collections.deque[float] = collections.deque(maxlen=FPS_MAX_FRAMES)
@@ -85,10 +91,13 @@ class Metrics:
         self.streaming: Any = None  # the MjpegEncoder, for the number of stream viewers
         self._registry: Any = None
 
-    def observe(self, invoke_s: float, cost_s: float, age_s: float) -> None:
-        """Records one classified frame."""
+    def observe(self, invoke_s: float, cost_s: float, age_s: float, top1: Any = None) -> None:
+        """Records one classified frame (``top1``: the model's raw top class, or None)."""
         now = time.monotonic()
         with self.lock:
+            if top1 is not None:
+                self.top1.observe(top1.score)
+                self.predictions[top1.label] += 1
             self.frames += 1
             self.inference.observe(invoke_s)
             self.frame_cost.observe(cost_s)
@@ -196,4 +205,47 @@ class _Collector:
                     ("edgekit_stream_clients", "Connected MJPEG clients.",
                      getattr(m.streaming, "clients", 0))):
                 out.append(GaugeMetricFamily(name, help_, value=value))
+            out.extend(_field_loop(m))
         yield from out
+
+
+def _field_loop(m: Metrics) -> list[Any]:
+    """Drift, top-1 confidence, predictions and keeping (caller holds ``m.lock``)."""
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    out: list[Any] = [HistogramMetricFamily(
+        "edgekit_top1_confidence", "The model's top-1 score per frame (raw, unsmoothed).",
+        buckets=m.top1.cumulative(), sum_value=m.top1.sum)]
+    pred = CounterMetricFamily("edgekit_predictions", "Frames by the model's raw top-1 "
+                               "label.", labels=["label"])
+    for label, n in sorted(m.predictions.items()):
+        pred.add_metric([label], n)
+    out.append(pred)
+    if m.drift is not None:  # absent: the model carries no drift baseline (or drift off)
+        out.append(GaugeMetricFamily("edgekit_confidence_drift", "Drift of the live "
+                                     "top-1 confidence and classes from the validation "
+                                     "split (0: alike; the alert fires at the threshold).",
+                                     value=m.drift.value))
+        out.append(GaugeMetricFamily("edgekit_confidence_drift_alert", "1 while drift is "
+                                     "flagged.", value=int(bool(m.drift.alert))))
+    if m.keeper is not None:
+        c = m.keeper.counts()
+        kept = CounterMetricFamily("edgekit_kept_frames", "Frames kept for labelling, by "
+                                   "primary reason.", labels=["reason"])
+        for reason, n in sorted(c["kept"].items()):
+            kept.add_metric([reason], n)
+        dropped = CounterMetricFamily("edgekit_keep_dropped", "Frames worth keeping that "
+                                      "were not kept, by reason and cause.",
+                                      labels=["reason", "cause"])
+        for (reason, cause), n in sorted(c["dropped"].items()):
+            dropped.add_metric([reason, cause], n)
+        out += [kept, dropped,
+                GaugeMetricFamily("edgekit_keep_bytes", "Bytes in the keep folder.",
+                                  value=c["bytes"]),
+                GaugeMetricFamily("edgekit_keep_quota_bytes", "The keep folder's quota.",
+                                  value=c["quota_bytes"])]
+    return out

@@ -1,4 +1,5 @@
-"""HTTP server: live page, MJPEG stream, /latest, /healthz and /metrics (standard library).
+"""HTTP server: live page, MJPEG stream, /latest, /healthz, /metrics and /kept (standard
+library).
 
 The standard library's threading server, bounded for a device on a shared network:
 every request must arrive whole within ``REQUEST_TIMEOUT_S`` (a slow-header client cannot
@@ -65,14 +66,17 @@ class Server:
         status: returns the extra fields of /latest and /healthz (backend, totals ...).
         health_max_age_s: /healthz fails when no frame was classified for this long.
         name: the profile name shown on the page.
+        kept: the :class:`edge_runtime.keepstore.KeepStore` behind ``/kept`` (None:
+            keeping is off). Kept frames are served only when a token is set.
 
     Raises:
         EdgekitError: the address cannot be bound.
     """
 
     def __init__(self, settings: Any, metrics: Metrics, status: Callable[[], dict[str, Any]],
-                 health_max_age_s: float, name: str = "") -> None:
+                 health_max_age_s: float, name: str = "", kept: Any = None) -> None:
         self.settings = settings
+        self.kept = kept
         self.metrics = metrics
         self.status = status
         self.health_max_age_s = health_max_age_s
@@ -417,13 +421,16 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.app
         with app.metrics.lock:
             app.metrics.http_requests += 1
-        # Fixed routes only, matched exactly: nothing is read from disk, so '..' or
-        # percent-encoded paths can only ever be a 404.
+        # Fixed routes only, matched exactly; the one route that reads the disk (/kept/NAME)
+        # accepts nothing but a kept frame's name: '..' or percent-encoded paths are a 404.
         path, _, query = self.path.partition("?")
         try:
             if path == "/healthz":
                 ok, doc = app.health()
                 self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, doc)
+                return
+            if path == "/kept" or path.startswith("/kept/"):
+                self._kept(path, query)
                 return
             if not self._authorized(query):
                 self._json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
@@ -451,6 +458,35 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path[:100]}"})
         except OSError:  # the client went, stalled past the write timeout, or was evicted
             self.close_connection = True
+
+    def _kept(self, path: str, query: str) -> None:
+        """``/kept`` (the newest kept frames, JSON) and ``/kept/DAY/NAME.jpg`` (one JPEG):
+        never without a token, even on 127.0.0.1 (they are pictures of the site)."""
+        app = self.app
+        if not app.settings.token:
+            self._json(HTTPStatus.FORBIDDEN, {
+                "error": "kept frames are served only with a token: set http.token (better: "
+                         "the EDGEKIT_HTTP_TOKEN environment variable)"})
+            return
+        if not self._authorized(query):
+            self._json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
+            return
+        if app.kept is None:
+            self._json(HTTPStatus.NOT_FOUND, {"error": "keeping is off: set keep.dir (or "
+                                                       "--keep-dir)"})
+            return
+        if path == "/kept":
+            self._json(HTTPStatus.OK, {"frames": app.kept.listing()})
+            return
+        found = app.kept.resolve(path[len("/kept/"):])
+        try:
+            data = found.read_bytes() if found is not None else None
+        except OSError:  # removed by the quota (or collected) meanwhile
+            data = None
+        if data is None:
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such kept frame: {path[:100]}"})
+            return
+        self._send(HTTPStatus.OK, data, "image/jpeg")
 
     def _stream(self) -> None:
         enc = self.app.encoder
