@@ -157,3 +157,13 @@ rollback: setup $(DEPLOY_STAMP) ## previous release on a device or fleet: make r
 test-deploy: setup $(DEPLOY_STAMP) ## deploy tests against real sshd on 127.0.0.1 (root; installs openssh-server; ~10 min)
 	@test -x /usr/sbin/sshd || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null); } || echo "openssh-server not installed: the deploy tests will be skipped"
 	$(PY) -m pytest -q -s -p no:cacheprovider device_tests/deploy $(ARGS)
+
+# Fleet monitoring (deploy/monitor.py): Prometheus targets from the inventory, alert rules, Grafana dashboard.
+.PHONY: monitor test-monitor
+monitor: setup $(DEPLOY_STAMP) ## Prometheus config, alert rules, Grafana dashboard: make monitor INVENTORY=hosts.ini [OUT=monitoring/ CONFIG= MODEL= TOKEN_FILE= ARGS=--check]
+	$(call require,INVENTORY,make monitor INVENTORY=hosts.ini OUT=monitoring/)
+	$(PY) -m deploy monitor --inventory $(INVENTORY) --out $(or $(OUT),monitoring) $(if $(CONFIG),--config $(CONFIG)) $(if $(MODEL),--model $(MODEL)) $(if $(TOKEN_FILE),--token-file $(TOKEN_FILE)) $(ARGS)
+
+test-monitor: setup $(DEPLOY_STAMP) ## monitor tests: promtool rules tests, a real Prometheus scraping 3 daemons (root installs prometheus; ~1 min)
+	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null); } || echo "prometheus not installed: the monitor tests will be skipped"
+	$(PY) -m pytest -q -p no:cacheprovider device_tests/monitor $(ARGS)
