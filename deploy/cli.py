@@ -6,6 +6,10 @@ Usage:
                             [--ssh-key PATH] [--wheelhouse DIR] [--wheel W.whl] [--keep 3]
                             [--serial 100%] [--max-fail-percent 0] [--health-timeout 60]
     python -m deploy rollback (--host USER@HOST [--port 22] | --inventory hosts.ini)
+    python -m deploy collect (--host USER@HOST [--port 22] | --inventory hosts.ini)
+                             --out field/ [--keep-dir DIR] [--remove] [--batch-mb 64]
+    (deploy, rollback, collect: [--ssh-key PATH] [--ssh-args '-o ...']
+                                [--accept-new-host-key] [--quiet])
     python -m deploy monitor --inventory hosts.ini --out monitoring/ [--config P.yaml]
                              [--model M.tflite] [--token-file F] [--check] [--help]
 
@@ -15,9 +19,15 @@ model, its manifest and labels, and the profile, and on each device installs
 ``~/edgekit/current`` atomically and restarts the systemd service (when there is one),
 switching back when anything fails. ``rollback`` returns to the previous release.
 One line per host at the end: host, result, release, seconds, reason.
+``collect`` brings the frames the devices kept (jpg + sidecar pairs under the keep dir,
+``keep.dir`` of the active release unless ``--keep-dir``) home into ``OUT/<host>/``,
+verified by sha256; ``--remove`` deletes from a device only what is verified at home. One
+line per problem frame, then one per host: ``host: N frames copied (X MB), F failed,
+A already here, removed R``.
 
-Exit status: 0 every host deployed (or was already current) / rolled back; 1 a host failed,
-was refused (another deploy running) or unreachable, or bad input; 2 bad usage; 130 SIGINT.
+Exit status: 0 every host deployed (or was already current) / rolled back / collected
+whole; 1 a host failed, was refused (another deploy running) or unreachable, a frame did
+not come home, or bad input; 2 bad usage; 130 SIGINT.
 """
 
 from __future__ import annotations
@@ -59,6 +69,17 @@ def _percent(text: str) -> int:
     return v
 
 
+def _megabytes(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not 0.001 <= v <= 100000:
+        raise argparse.ArgumentTypeError(f"expected megabytes 0.001..100000, got "
+                                         f"{text[:40]!r}")
+    return v
+
+
 def _serial(text: str) -> str:
     body = text[:-1] if text.endswith("%") else text
     if not body.isdigit() or int(body) < 1 or (text.endswith("%") and int(body) > 100):
@@ -67,7 +88,7 @@ def _serial(text: str) -> str:
     return text
 
 
-def _target_args(p: argparse.ArgumentParser) -> None:
+def _connection_args(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--host", help="one device, [USER@]HOST")
     where.add_argument("--inventory", type=Path, help="Ansible inventory of devices")
@@ -75,6 +96,14 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssh-key", type=Path, default=None, help="SSH private key")
     p.add_argument("--ssh-args", default="",
                    help="extra ssh options, e.g. '-o UserKnownHostsFile=FILE'")
+    p.add_argument("--accept-new-host-key", action="store_true",
+                   help="trust a device's host key on first contact (ssh's accept-new); "
+                        "a changed key is still refused")
+    p.add_argument("--quiet", action="store_true", help="hide ansible's output")
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    _connection_args(p)
     p.add_argument("--serial", type=_serial, default="100%",
                    help="hosts updated at a time (rolling update): N or N%%")
     p.add_argument("--max-fail-percent", type=_percent, default=0,
@@ -83,7 +112,6 @@ def _target_args(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for /healthz to report fresh frames (systemd only)")
     p.add_argument("--no-service", action="store_true",
                    help="leave systemd alone (only install, self-test and switch)")
-    p.add_argument("--quiet", action="store_true", help="hide ansible's output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("rollback", help="return each device to its previous release")
     _target_args(r)
     r.set_defaults(func=_cmd_rollback)
+    c = sub.add_parser("collect", help="bring the frames devices kept home")
+    _connection_args(c)
+    c.add_argument("--out", type=Path, required=True,
+                   help="home folder of collected frames (OUT/<host>/...)")
+    c.add_argument("--keep-dir", default=None,
+                   help="the device's keep dir (default: keep.dir of its active release; "
+                        "relative: to the SSH user's home)")
+    c.add_argument("--remove", action="store_true",
+                   help="delete from the device the frames verified at home (sha256)")
+    c.add_argument("--batch-mb", type=_megabytes, default=64.0,
+                   help="MB packed and fetched per round (a resumed run repeats at most one)")
+    c.set_defaults(func=_cmd_collect)
     from .monitor import add_parser as add_monitor  # python -m deploy monitor
 
     add_monitor(sub)
@@ -118,7 +158,8 @@ def _target(args: argparse.Namespace):
     elif args.port is not None:
         print("warning: --port applies to --host only; the inventory's ansible_port is used",
               file=sys.stderr)
-    return Target(args.host, args.inventory, args.port, args.ssh_key, args.ssh_args)
+    return Target(args.host, args.inventory, args.port, args.ssh_key, args.ssh_args,
+                  args.accept_new_host_key)
 
 
 def _report(results) -> int:
@@ -160,3 +201,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from .collect import collect
+
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out} is a file, expected a folder", file=sys.stderr)
+        return EXIT_ERROR
+    results = collect(_target(args), args.out, keep_dir=args.keep_dir, remove=args.remove,
+                      batch_mb=args.batch_mb, log=_log(args))
+    for r in results:
+        for problem in r.problems:
+            print(f"{r.host}: {problem}")
+    for r in results:
+        print(r.line())
+    if not results:
+        print("error: no host in the inventory", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK if all(r.ok for r in results) else EXIT_ERROR

@@ -46,6 +46,7 @@ class Target:
     port: int | None = None
     ssh_key: Path | None = None
     ssh_args: str = ""
+    accept_new_host_key: bool = False  # ssh's StrictHostKeyChecking=accept-new
 
 
 @dataclass(frozen=True)
@@ -204,56 +205,117 @@ def ansible_playbook() -> str:
     return found
 
 
-def run_playbook(target: Target, action: str, work: Path, extra: dict[str, Any],
-                 serial: str = "100%", max_fail_percent: int = 0, forks: int = 10,
-                 log=None, timeout_s: float = 3600) -> list[HostResult]:
-    """Runs deploy/playbook.yml; returns one result per host that reported."""
+def ansible_env(target: Target, home: Path) -> dict[str, str]:
+    """The environment ansible-playbook runs with: its state under ``home`` (nothing in the
+    user's ~/.ansible), SSH connections reused, no colours."""
+    ssh = "-o ControlMaster=auto -o ControlPersist=10s"
+    if target.accept_new_host_key:
+        # In ANSIBLE_SSH_ARGS, which comes first on ssh's command line: ssh takes the first
+        # value of an option, so this wins over a StrictHostKeyChecking in --ssh-args.
+        ssh = "-o StrictHostKeyChecking=accept-new " + ssh
+    return {**os.environ, "ANSIBLE_HOME": str(home), "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(home / "cp"), "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_PYTHON_INTERPRETER": "auto_silent", "ANSIBLE_DEPRECATION_WARNINGS": "False",
+            "ANSIBLE_SSH_ARGS": ssh}
+
+
+def ansible(target: Target, playbook: Path, work: Path, variables: dict[str, Any],
+            forks: int = 10, log=None, timeout_s: float = 3600) -> int:
+    """Runs ``playbook`` on ``target``'s hosts with ``variables`` (passed as a file: plans
+    can be large); returns ansible-playbook's exit status."""
     if target.ssh_key is not None and not target.ssh_key.is_file():
         raise EdgekitError(f"SSH key not found: {target.ssh_key}")
     inventory = _inventory(target, work)
-    summary = work / "summary"
-    summary.mkdir(exist_ok=True)
-    home = work / "ansible"
-    variables = {"edgekit_action": action, "edgekit_summary_dir": str(summary),
-                 "edgekit_serial": serial, "edgekit_max_fail_percent": max_fail_percent,
-                 "edgekit_remote_script": str(REMOTE_SCRIPT), **extra}
-    cmd = [ansible_playbook(), "-i", str(inventory), str(PLAYBOOK),
-           "-e", json.dumps(variables), "--forks", str(forks)]
+    extra = work / f"vars-{uuid.uuid4().hex[:8]}.json"
+    extra.write_text(json.dumps(variables))
+    cmd = [ansible_playbook(), "-i", str(inventory), str(playbook), "-e", f"@{extra}",
+           "--forks", str(forks)]
     if target.ssh_key is not None:
         cmd += ["--private-key", str(target.ssh_key)]
     if target.ssh_args:
         cmd += ["--ssh-common-args", target.ssh_args]
-    env = {**os.environ, "ANSIBLE_HOME": str(home), "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
-           "ANSIBLE_SSH_CONTROL_PATH_DIR": str(home / "cp"), "ANSIBLE_PIPELINING": "True",
-           "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_PYTHON_INTERPRETER": "auto_silent", "ANSIBLE_DEPRECATION_WARNINGS": "False",
-           "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=10s"}
-    p = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
-                       timeout=timeout_s)
+    p = subprocess.run(cmd, env=ansible_env(target, work / "ansible"), stdout=log,
+                       stderr=subprocess.STDOUT if log else None, timeout=timeout_s)
+    return p.returncode
+
+
+def known_hosts_file(ssh_args: str) -> str:
+    """The known_hosts file ssh uses with these options (for the fix we print)."""
+    m = re.search(r"UserKnownHostsFile[= ]\s*(\S+)", ssh_args or "")
+    return m.group(1) if m else "~/.ssh/known_hosts"
+
+
+def describe_unreachable(msg: str, addr: str, port: int | str | None,
+                         ssh_args: str = "") -> str:
+    """One line naming why SSH could not reach a host, with the fix where there is one."""
+    port = int(port or 22)
+    text = " ".join((msg or "").split())
+    where = f"{addr}:{port}"
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or "Host key for" in text \
+            and "has changed" in text:
+        return (f"host key of {where} changed (the device was reinstalled, or someone is in "
+                f"between): if expected, ssh-keygen -R '[{addr}]:{port}' -f "
+                f"{known_hosts_file(ssh_args)}, then add the new key")
+    if "Host key verification failed" in text or "host key is known" in text:
+        return (f"host key of {where} not known: add it with ssh-keyscan -p {port} {addr} "
+                f">> {known_hosts_file(ssh_args)} (or connect once with ssh), or accept it "
+                "on first contact with --accept-new-host-key (make: ACCEPT_NEW_HOST_KEY=1)")
+    if "Connection refused" in text:
+        return f"unreachable: connection refused at {where} (no sshd there, or another port)"
+    if "Permission denied" in text:
+        return (f"unreachable: SSH login to {where} refused (Permission denied): check the "
+                "user and --ssh-key")
+    if "Could not resolve hostname" in text:
+        return f"unreachable: cannot resolve the host name {addr}"
+    if "timed out" in text or "No route to host" in text:
+        return f"unreachable: {where} did not answer (timed out or no route)"
+    cut = text.replace("Failed to connect to the host via ssh: ", "")
+    return f"unreachable: {cut[:200] or 'ssh failed'}"
+
+
+def run_playbook(target: Target, action: str, work: Path, extra: dict[str, Any],
+                 serial: str = "100%", max_fail_percent: int = 0, forks: int = 10,
+                 log=None, timeout_s: float = 3600) -> list[HostResult]:
+    """Runs deploy/playbook.yml; returns one result per host that reported."""
+    summary = work / "summary"
+    summary.mkdir(exist_ok=True)
+    variables = {"edgekit_action": action, "edgekit_summary_dir": str(summary),
+                 "edgekit_serial": serial, "edgekit_max_fail_percent": max_fail_percent,
+                 "edgekit_remote_script": str(REMOTE_SCRIPT), **extra}
+    rc = ansible(target, PLAYBOOK, work, variables, forks, log, timeout_s)
     results = []
     for f in sorted(summary.glob("*.json")):
         try:
             doc = json.loads(f.read_text())
         except (OSError, json.JSONDecodeError):
             continue
+        reason = doc.get("reason") or ""
+        if doc.get("unreachable"):
+            reason = describe_unreachable(doc["unreachable"], str(doc.get("addr") or ""),
+                                          doc.get("port"), target.ssh_args)
         results.append(HostResult(doc.get("host", f.stem), str(doc.get("result", "failed")),
                                   doc.get("release") or "", doc.get("previous") or "",
-                                  doc.get("seconds"), doc.get("reason") or "",
-                                  doc.get("service") or ""))
-    if p.returncode not in (0, 2, 4) and not results:
-        raise EdgekitError(f"ansible-playbook failed (status {p.returncode}) before any host "
+                                  doc.get("seconds"), reason, doc.get("service") or ""))
+    if rc not in (0, 2, 4) and not results:
+        raise EdgekitError(f"ansible-playbook failed (status {rc}) before any host "
                            "ran the deploy step; see its output above")
     return results
 
 
-def _hosts_missing(results: list[HostResult], target: Target, work: Path) -> list[HostResult]:
-    """Hosts in the inventory that left no summary: unreachable or failed before remote.sh."""
+def inventory_hosts(target: Target, work: Path) -> set[str]:
+    """The host names an INI inventory lists (or the one ``--host``)."""
     listed = set()
-    inv = _inventory(target, work)
-    for line in inv.read_text().splitlines():
+    for line in _inventory(target, work).read_text().splitlines():
         line = line.strip()
         if line and not line.startswith(("[", "#", ";")) and "=" not in line.split()[0]:
             listed.add(line.split()[0])
+    return listed
+
+
+def _hosts_missing(results: list[HostResult], target: Target, work: Path) -> list[HostResult]:
+    """Hosts in the inventory that left no summary: unreachable or failed before remote.sh."""
+    listed = inventory_hosts(target, work)
     seen = {r.host for r in results}
     return [HostResult(h, "not-run", reason="the deploy step did not run there: unreachable, "
                        "the upload failed, or the rolling update stopped at "
