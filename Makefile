@@ -54,6 +54,11 @@ test-slow: setup ## the slow tests make test leaves out: each trains or converts
 test-arm64: setup ## device tests on an emulated Raspberry Pi 4 (arm64 under qemu-user; root; skips without)
 	$(PY) device_tests/arm64/run.py $(ARGS)
 
+# $(VENV)/.deploy-stamp: the deploy extra (ansible-core), made by the deploy section below.
+.PHONY: test-vm
+test-vm: setup $(VENV)/.deploy-stamp ## make deploy into a virtual Pi: arm64 Debian + systemd under qemu-system (root; skips without)
+	$(PY) device_tests/vm/run.py $(ARGS)
+
 .PHONY: test-data
 test-data: ## fetch Coral's reference models and photos (sha256-pinned) into data/coral for 16+ real-model tests
 	$(or $(wildcard $(PY)),$(PYTHON)) -m tests.fetch_data --dest data/coral
