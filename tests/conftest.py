@@ -1,7 +1,10 @@
-"""Shared fixtures: tiny sample data, one tiny trained run and its exported models.
+"""Shared fixtures and helpers: tiny sample data, one tiny trained run and its exported
+models, Coral's reference folder, waiting with a deadline, a fake camera, running a CLI.
 
 The run is trained once per session with test-sized settings (alpha 0.35, 96 px, a few
 short epochs on 168 training images), so every pipeline test uses a real model in seconds.
+Test modules import the helpers one way, ``from tests.conftest import ...`` (a bare
+``from conftest import`` would load this file a second time as another module).
 """
 
 from __future__ import annotations
@@ -9,7 +12,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -30,6 +37,52 @@ def run_cli(*args: str, env: dict | None = None,
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T], timeout: float = 20.0, every: float = 0.05) -> T:
+    """Calls ``fn`` until it returns something truthy, which is returned; AssertionError
+    after ``timeout`` seconds. Tests wait on a condition, never on a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {getattr(fn, '__name__', fn)}")
+        time.sleep(every)
+
+
+class FakeCamera:
+    """Delivers ``frames`` (None: a failed read) ``delay`` s apart, then hangs in read()
+    until released (``hang``: a wedged driver) or reports the end. What Capture uses of
+    ``cv2.VideoCapture``."""
+
+    def __init__(self, frames: list, hang: bool = True, delay: float = 0.002) -> None:
+        self.frames = list(frames)
+        self.hang = hang
+        self.delay = delay
+        self.released = threading.Event()
+
+    def read(self) -> tuple[bool, Any]:
+        if self.frames:
+            f = self.frames.pop(0)
+            time.sleep(self.delay)
+            return (f is not None), f
+        if self.hang:
+            self.released.wait(5)  # a wedged driver: read() does not return
+        return False, None
+
+    def set(self, *_: Any) -> bool:
+        return False
+
+    def get(self, *_: Any) -> float:
+        return 0.0
+
+    def release(self) -> None:
+        self.released.set()
 
 
 def error_lines(stderr: str) -> list[str]:

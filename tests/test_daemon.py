@@ -26,7 +26,7 @@ from edge_runtime.config import load_config
 from edge_runtime.loop import Daemon, StopFlag
 from edge_runtime.outputs import JsonlWriter
 from edge_runtime.systemd import Notifier
-from tests.conftest import ROOT, error_lines, run_cli
+from tests.conftest import ROOT, FakeCamera, error_lines, run_cli, wait_for
 
 LABELS = {"circle", "square", "star", "triangle"}
 
@@ -77,16 +77,6 @@ class DaemonProcess:
         finally:
             self.proc.kill()
         return rc, time.monotonic() - t0
-
-
-def wait_for(fn, timeout: float = 20.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {fn}")
 
 
 def test_http_endpoints_token_slow_clients_and_sigterm(exported, sample):
@@ -229,31 +219,6 @@ def test_live_source_hands_over_only_the_newest_frame(exported, sample, tmp_path
     assert ages[len(ages) // 2] < 2 * gaps[len(gaps) // 2] + 5, (ages, gaps)
 
 
-class _Cam:
-    """Two frames, a bad one, one frame, then a wedged read (a stalled camera)."""
-
-    def __init__(self, base: np.ndarray) -> None:
-        self.frames = [base, base, np.zeros((0, 0, 3), np.uint8), base]
-        self.gone = threading.Event()
-
-    def read(self):
-        if self.frames:
-            time.sleep(0.01)
-            f = self.frames.pop(0)
-            return True, f
-        self.gone.wait(5)
-        return False, None
-
-    def set(self, *_):
-        return False
-
-    def get(self, *_):
-        return 0.0
-
-    def release(self):
-        self.gone.set()
-
-
 def test_stall_reopen_bad_frames_and_watchdog(exported, sample, tmp_path, monkeypatch):
     from edge_runtime.infer import FrameClassifier
 
@@ -271,7 +236,9 @@ def test_stall_reopen_bad_frames_and_watchdog(exported, sample, tmp_path, monkey
     cfg = _config(tmp_path, "watchdog.stall_s=0.3", "watchdog.backoff_initial_s=0.05",
                   "watchdog.backoff_max_s=0.2")
     cap = Capture(Source("camera", 0), cfg.camera, cfg.watchdog,
-                  opener=lambda s, c: _Cam(base)).start()
+                  # Two frames, a bad one, one frame, then a wedged read (a stalled camera).
+                  opener=lambda s, c: FakeCamera([base, base, np.zeros((0, 0, 3), np.uint8),
+                                                  base], delay=0.01)).start()
     path = str(tmp_path / "n.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)

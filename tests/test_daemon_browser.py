@@ -9,7 +9,8 @@ import tempfile
 
 import pytest
 
-from tests.test_daemon import LABELS, DaemonProcess, wait_for
+from tests.conftest import wait_for
+from tests.test_daemon import LABELS, DaemonProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

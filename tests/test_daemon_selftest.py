@@ -9,10 +9,10 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import error_lines, run_cli
 
 from edge_runtime import selftest as st
 from edge_runtime.classify import Classifier
+from tests.conftest import error_lines, run_cli
 
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
 

@@ -13,7 +13,6 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, error_lines, run_cli
 
 from edge_runtime.imageio import (
     DEFAULT_MAX_PIXELS,
@@ -23,6 +22,7 @@ from edge_runtime.imageio import (
     probe,
 )
 from edge_runtime.preprocess import load_image
+from tests.conftest import ROOT, error_lines, run_cli
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

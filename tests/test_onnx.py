@@ -12,10 +12,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from conftest import run_cli  # noqa: E402
-
 from edge_runtime.classify import Classifier  # noqa: E402
 from edge_runtime.errors import EdgekitError  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import CORAL
+
+from tests.conftest import CORAL, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
@@ -87,16 +88,6 @@ def _get(url: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def _until(what, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(step)
-    raise AssertionError(f"not within {timeout} s")
-
-
 def test_sighup_swaps_the_model_and_refuses_a_corrupted_one(models, tmp_path):
     profile, jsonl, err = tmp_path / "p.yaml", tmp_path / "out.jsonl", tmp_path / "err.txt"
     _profile(profile, models["plain"], models["video"], jsonl)
@@ -105,16 +96,16 @@ def test_sighup_swaps_the_model_and_refuses_a_corrupted_one(models, tmp_path):
                                  str(profile), "--http", "127.0.0.1:0"], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=e)
     try:
-        url = _until(lambda: (m := re.search(r"http (http://127\.0\.0\.1:\d+)",
+        url = wait_for(lambda: (m := re.search(r"http (http://127\.0\.0\.1:\d+)",
                                              err.read_text())) and m.group(1), 60)
         health = lambda: json.loads(_get(url + "/healthz")[1])  # noqa: E731
-        _until(lambda: health().get("status") == "ok", 30)
+        wait_for(lambda: health().get("status") == "ok", 30)
         time.sleep(2.0)  # a baseline of drops at 10 fps
         before = health()
         _profile(profile, models["golden"], models["video"], jsonl)
         t_hup = time.monotonic()
         proc.send_signal(signal.SIGHUP)
-        after = _until(lambda: (h := health())["model"] == "model.tflite" and h, 60)
+        after = wait_for(lambda: (h := health())["model"] == "model.tflite" and h, 60)
         swap_s = time.monotonic() - t_hup
         assert after["reloads_total"] == 1 and after["selftest"] == "pass"
         assert after["last_reload_error"] is None
@@ -130,7 +121,7 @@ def test_sighup_swaps_the_model_and_refuses_a_corrupted_one(models, tmp_path):
 
         _profile(profile, models["corrupt"], models["video"], jsonl)
         proc.send_signal(signal.SIGHUP)
-        metrics = _until(lambda: "edgekit_model_reload_failures_total 1.0" in
+        metrics = wait_for(lambda: "edgekit_model_reload_failures_total 1.0" in
                          (t := _get(url + "/metrics")[1]) and t, 60)
         assert "edgekit_model_reloads_total 1.0" in metrics
         status, body = _get(url + "/healthz")
@@ -139,7 +130,7 @@ def test_sighup_swaps_the_model_and_refuses_a_corrupted_one(models, tmp_path):
         assert doc["reload_failures_total"] == 1
         assert "FAILED" in doc["last_reload_error"] or "differs" in doc["last_reload_error"]
         n = doc["frames_total"]
-        _until(lambda: health()["frames_total"] > n, 10)
+        wait_for(lambda: health()["frames_total"] > n, 10)
         assert "reload failed, still serving" in err.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)

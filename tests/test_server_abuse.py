@@ -117,7 +117,7 @@ def test_slow_header_client_is_dropped_at_the_request_deadline(serve, monkeypatc
         t0 = time.monotonic()
         s.sendall(b"GET /latest HTTP/1.1\r\n")
         sent_ok = 0
-        for _ in range(12):  # one header byte every 0.2 s: each recv is quick, the whole slow
+        for _ in range(30):  # one header byte every 0.2 s: each recv is quick, the whole slow
             try:
                 s.sendall(b"X")
                 sent_ok += 1
@@ -133,7 +133,9 @@ def test_slow_header_client_is_dropped_at_the_request_deadline(serve, monkeypatc
             except ConnectionResetError:
                 break
         took = time.monotonic() - t0
-    assert took < 1.8 and sent_ok < 10, (took, sent_ok)
+    # Cut at the 1 s deadline, not when the client gave up (6 s); wide margins for a
+    # loaded machine, where the 0.2 s sleeps run late.
+    assert 0.5 < took < 4.0 and sent_ok < 20, (took, sent_ok)
 
 
 def test_idle_connection_is_closed_and_keep_alive_pause_is_bounded(serve, monkeypatch):
@@ -329,16 +331,20 @@ def test_keep_alive_requests_are_not_held_back_by_delayed_acks(serve):
     srv = serve()
     host, port = srv.httpd.server_address[:2]
     conn = http.client.HTTPConnection(host, port, timeout=5)
+    took = []
     try:
-        t0 = time.monotonic()
         for _ in range(50):  # one connection: with Nagle on, each answer waits ~40 ms
+            t0 = time.monotonic()
             conn.request("GET", "/latest")
             r = conn.getresponse()
             assert r.status == 200 and json.loads(r.read())["label"] == "cat"
-        took = time.monotonic() - t0
+            took.append(time.monotonic() - t0)
     finally:
         conn.close()
-    assert took < 1.0, f"50 keep-alive requests took {took:.2f} s"
+    # The median, not the total: a loaded machine delays some requests, but a delayed
+    # ACK holds back every one by its 40 ms timer.
+    median = sorted(took)[len(took) // 2]
+    assert median < 0.025, f"median keep-alive request {median * 1000:.1f} ms"
 
 
 def test_a_request_flood_is_held_to_the_cpu_share(serve, monkeypatch):
