@@ -251,6 +251,12 @@ def test_cli_errors_are_one_line(tmp_path):
                                                      "page serves this machine only")
     r = run(str(tmp_path / "f"), "--out", str(tmp_path / "ds"), "--apply", "x.csv")
     assert (r.returncode, r.stderr) == (1, "error: x.csv: no such file (--apply)\n")
+    (tmp_path / "split" / "train").mkdir(parents=True)
+    (tmp_path / "split" / "val").mkdir()
+    r = run(str(tmp_path / "f"), "--out", str(tmp_path / "split"), "--apply", "x.csv")
+    assert (r.returncode, r.stderr) == (1, f"error: {tmp_path / 'split'}: has train/ and val/ "
+                                           "split folders; --out takes one folder per class "
+                                           f"(e.g. {tmp_path / 'split' / 'train'})\n")
     r = run(str(tmp_path / "f"), "--out", str(tmp_path / "ds"), "--ap", "x.csv")
     assert r.returncode == 2 and "unrecognized arguments: --ap" in r.stderr
 

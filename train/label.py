@@ -448,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
         raise EdgekitError(f"{field}: no such folder (FIELD: what make collect brought home)")
     if dataset.exists() and not dataset.is_dir():
         raise EdgekitError(f"{dataset}: not a folder (--out DATASET)")
+    if (dataset / "train").is_dir() and (dataset / "val").is_dir():
+        raise EdgekitError(f"{dataset}: has train/ and val/ split folders; --out takes one "
+                           f"folder per class (e.g. {dataset / 'train'})")
     if dataset.resolve() == field.resolve():
         raise EdgekitError(f"{dataset}: --out must not be FIELD itself")
     if args.apply is not None and not args.apply.is_file():
