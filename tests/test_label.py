@@ -28,7 +28,7 @@ def make_field(root: Path, n: int = 24, hosts: tuple[str, ...] = ("pi-1", "pi-2"
     """``n`` kept frames as make collect lays them out; returns their paths, FIELD-relative.
 
     Frame i's model top-1 is ``LABELS[i % 3]`` with score ``0.30 + 0.025 * i``; every fourth
-    is a random-sample keep, the others low confidence.
+    is a random-sample keep, the others low confidence (and disagreement too when i % 3 == 0).
     """
     out = []
     for i in range(n):
@@ -42,10 +42,11 @@ def make_field(root: Path, n: int = 24, hosts: tuple[str, ...] = ("pi-1", "pi-2"
         assert cv2.imwrite(str(day / f"{stem}.jpg"), img)
         top = [{"index": (i + k) % 3, "label": LABELS[(i + k) % 3],
                 "score": round(0.30 + 0.025 * i if k == 0 else 0.1, 3)} for k in range(3)]
-        reason = "random" if i % 4 == 0 else "low_confidence"
+        reasons = (["random"] if i % 4 == 0 else
+                   ["low_confidence", "disagreement"] if i % 3 == 0 else ["low_confidence"])
         doc = {"time": f"2026-12-01T12:{i // 60:02d}:{i % 60:02d}.000Z", "source_time_s": i / 10,
                "device": host, "model": "model_int8.tflite", "model_sha256": SHA, "top": top,
-               "label": top[0]["label"], "raw": top[0], "reason": reason, "reasons": [reason],
+               "label": top[0]["label"], "raw": top[0], "reason": reasons[0], "reasons": reasons,
                "frame": i, "source": "rtsp://cam/stream", "width": 64, "height": 48,
                "drift": None}
         (day / f"{stem}.json").write_text(json.dumps(doc))
@@ -105,6 +106,11 @@ def test_apply_copies_logs_and_is_idempotent(field, tmp_path, capsys):
     assert apply(root, ds, csv_path) == 0  # a second run changes nothing
     assert "0 decision(s) applied, 5 unchanged" in capsys.readouterr().out
     assert len(log_lines(ds)) == 5
+    copy_of(ds, "circle", paths[0]).with_suffix(".json").unlink()  # removed by hand
+    assert apply(root, ds, csv_path) == 0
+    assert "1 decision(s) applied, 4 unchanged" in capsys.readouterr().out
+    assert copy_of(ds, "circle", paths[0]).with_suffix(".json").is_file()
+    assert len(log_lines(ds)) == 6
 
 
 def test_changed_decision_moves_the_copy_and_the_log_keeps_both(field, tmp_path):

@@ -115,6 +115,9 @@ def test_label_20_frames_by_keyboard(tmp_path):
             .key_up(Keys.SHIFT).perform()  # a range by shift-click
         _wait_text(driver, "progress", "22 / 24 decided (20 labelled, 1 unknown, 1 skipped)"
                    " · 4 shown · 3 selected")
+        driver.find_element(By.CSS_SELECTOR, "#f-reason option[value='disagreement']").click()
+        shown = [c.get_attribute("title") for c in driver.find_elements(By.CLASS_NAME, "card")]
+        assert [index[p] for p in shown] == [21]  # any of a frame's reasons matches
 
     for p, label in want.items():
         dst = copy_of(ds, label, p)

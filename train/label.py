@@ -55,6 +55,7 @@ class Frame:
     host: str
     device: str
     reason: str
+    reasons: tuple[str, ...]
     score: float | None
     suggestion: str | None
     model_labels: tuple[str, ...]
@@ -101,6 +102,14 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _reasons(doc: dict[str, Any]) -> tuple[str, ...]:
+    """All the reasons the frame was kept for (the primary one when the list is missing)."""
+    listed = doc.get("reasons")
+    if isinstance(listed, list) and listed:
+        return tuple(str(r) for r in listed)
+    return (str(doc["reason"]),) if doc.get("reason") else ()
+
+
 def _frame(field: Path, jpg: Path, sidecar: Path) -> Frame:
     doc = _read_sidecar(sidecar)
     rel = jpg.relative_to(field)
@@ -116,6 +125,7 @@ def _frame(field: Path, jpg: Path, sidecar: Path) -> Frame:
         host=rel.parts[0] if len(rel.parts) > 1 else "field",
         device=str(doc.get("device") or (rel.parts[0] if len(rel.parts) > 1 else "")),
         reason=str(doc.get("reason") or ""),
+        reasons=_reasons(doc),
         score=float(score) if isinstance(score, (int, float)) else None,
         suggestion=suggestion, model_labels=labels,
         model_sha256=str(doc.get("model_sha256") or ""), time=str(doc.get("time") or ""))
@@ -310,8 +320,9 @@ class Labeller:
         prev = self.state.get(frame.path)
         jpg = self.target(frame, label)
         copy = jpg.relative_to(self.dataset).as_posix() if jpg else None
-        if prev and (prev["decision"], prev["label"], prev["copy"]) == (decision, label, copy):
-            return "unchanged"
+        if prev and (prev["decision"], prev["label"], prev["copy"]) == (decision, label, copy) \
+                and (jpg is None or jpg.with_suffix(".json").is_file()):
+            return "unchanged"  # (a copy removed by hand since is made again)
         if jpg is not None:
             _copy(frame.jpg, jpg)  # the JPEG first, the sidecar last: a sidecar means complete
             _copy(frame.sidecar, jpg.with_suffix(".json"))
@@ -357,8 +368,9 @@ class Labeller:
         for i, f in enumerate(self.frames):
             st = self.state.get(f.path) or {}
             out.append({"id": i, "path": f.path, "host": f.host, "device": f.device,
-                        "reason": f.reason, "score": f.score, "suggestion": f.suggestion,
-                        "time": f.time, "decision": st.get("decision"),
+                        "reason": f.reason, "reasons": list(f.reasons), "score": f.score,
+                        "suggestion": f.suggestion, "time": f.time,
+                        "decision": st.get("decision"),
                         "label": st.get("label")})
         return out
 
