@@ -230,7 +230,7 @@ class Doctor:
         for d in devices:
             label = self._read(f"/sys/class/video4linux/{d.name}/name")
             names.append(f"/dev/{d.name}" + (f" ({label})" if label else ""))
-        need = None
+        need, other = None, None  # the device the profile reads; or its other kind of source
         if self.cfg is not None:
             from .camera import parse_source
 
@@ -243,12 +243,19 @@ class Doctor:
                 need = f"/dev/video{src.target}"
             elif src.kind == "device":
                 need = str(src.target)
+            else:
+                other = src.kind
         detail = ", ".join(names) if names else "no /dev/video* devices"
         if need is not None and not self._p(need).exists():
             self.add("camera", "fail", f"{need} not found; found: {detail}",
                      "connect the camera (ls /dev/video*) or set camera.source")
+        elif names:
+            self.add("camera", "ok", detail)
+        elif other is not None:  # a video file, URL or pipeline needs no camera here
+            self.add("camera", "ok", f"{detail} (the profile's source is a {other})")
         else:
-            self.add("camera", "ok" if names or need is None else "warn", detail)
+            self.add("camera", "warn", detail, "connect a camera (ls /dev/video*; a CSI "
+                     "camera needs its overlay enabled), or use a video file or URL")
 
     def opencv(self) -> None:
         import cv2

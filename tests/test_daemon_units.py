@@ -238,6 +238,26 @@ def test_doctor_reads_board_coral_throttling(tmp_path):
     assert all("\n" not in c.line() for c in checks.values())
 
 
+def test_doctor_warns_when_no_camera_is_there_unless_the_source_needs_none(tmp_path):
+    root = tmp_path / "root"
+    (root / "dev").mkdir(parents=True)
+
+    def camera(cfg):
+        return next(c for c in Doctor(cfg, root, run=lambda cmd: None,
+                                      edgetpu_loader=lambda d: object()).run_all()
+                    if c.name == "camera")
+
+    none = camera(None)
+    assert (none.status, none.detail) == ("warn", "no /dev/video* devices") and none.fix
+    prof = tmp_path / "p.yaml"
+    (tmp_path / "clip.avi").touch()
+    prof.write_text(f"camera:\n  source: {tmp_path / 'clip.avi'}\n")
+    file = camera(load_config(prof, environ={}))
+    assert file.status == "ok" and "source is a file" in file.detail
+    (root / "dev" / "video0").touch()
+    assert (camera(None).status, camera(None).detail) == ("ok", "/dev/video0")
+
+
 def test_doctor_fails_what_the_profile_needs(tmp_path):
     root = tmp_path / "root"
     (root / "dev").mkdir(parents=True)
