@@ -327,3 +327,14 @@ def test_server_needs_the_token_and_applies_decisions(field, tmp_path):
     assert copy_of(ds, "square", paths[1]).read_bytes() == (root / paths[1]).read_bytes()
     assert [(r["path"], r["who"]) for r in log_lines(ds)] == [(paths[0], "page"),
                                                                (paths[1], "page")]
+
+
+def test_imports_no_tensorflow_nor_numpy():
+    # --apply runs on a laptop without TensorFlow, and starts at once: OpenCV loads only
+    # when the page asks for its first thumbnail.
+    code = ("import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None; "
+            "import train.label, train.label_server; "
+            "print([m for m in ('tensorflow', 'keras', 'cv2', 'numpy') if sys.modules.get(m)])")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    assert (r.returncode, r.stdout) == (0, "[]\n"), r.stderr
