@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EdgekitError
-from .tflite import check_identifier
+from .tflite import check_identifier, require_model_file
 
 EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"
 EDGETPU_LIBRARY = {
@@ -158,9 +158,7 @@ def make_interpreter(model_path: str | Path, threads: int | None = None,
         EdgekitError: missing file, not a TFLite model, or an Edge TPU model without an
             Edge TPU.
     """
-    path = Path(model_path)
-    if not path.is_file():
-        raise EdgekitError(f"model not found: {path}")
+    path = require_model_file(model_path)
     if path.suffix.lower() == ".onnx":
         from .onnx_backend import OnnxInterpreter
 

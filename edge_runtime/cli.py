@@ -108,7 +108,7 @@ def _http_address(text: str) -> tuple[str | None, int]:
 
 def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", required=required, type=Path, default=None,
-                   help="the .tflite model")
+                   help="the model file: .tflite (float, int8 or Edge TPU) or .onnx")
     p.add_argument("--labels", type=Path, default=None,
                    help="label file (one per line, or 'index label'); default: the manifest "
                         "beside the model")
@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top-k", type=_positive_int, default=3, help="classes to print per image")
     c.add_argument("--threshold", type=_unit_float, default=0.0, help="minimum score to print")
     c.add_argument("--json", action="store_true", help="one JSON object per image per line")
-    c.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    c.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="image files to classify (JPEG, PNG, BMP, ...)")
     c.set_defaults(func=_cmd_classify)
 
     r = sub.add_parser("run", help="classify a camera or video stream")
@@ -212,6 +213,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from .preprocess import load_image
 
     clf = _classifier(args)
+    if not clf.labels and not args.json:
+        print("note: no labels (pass --labels FILE, or keep manifest.json beside the "
+              "model): classes are printed by index", file=sys.stderr)
     status = EXIT_OK
     for path in args.images:
         try:
@@ -225,8 +229,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                 {"index": c.index, "label": c.label, "score": round(c.score, 6)} for c in top]}))
         else:
             print(f"{path}:")
-            for c in top:
-                print(f"  {c.score:7.4f}  {c.label} ({c.index})")
+            for c in top:  # "class 286", not "286 (286)", when there is no label
+                name = f"{c.label} ({c.index})" if c.label != str(c.index) else f"class {c.index}"
+                print(f"  {c.score:7.4f}  {name}")
     return status
 
 

@@ -334,9 +334,9 @@ def run_selftest(model_path: str | Path, classifier: Any = None, **classifier_ar
     Raises:
         EdgekitError: the model cannot be loaded.
     """
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise EdgekitError(f"model not found: {model_path}")
+    from .tflite import require_model_file
+
+    model_path = require_model_file(model_path)
     problems = _check_hash(model_path)
     if problems:  # a damaged file is not loaded: it could take the interpreter down with it
         return SelftestReport(str(model_path), "fail", tuple(problems))

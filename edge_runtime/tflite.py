@@ -40,10 +40,31 @@ _ITEM_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "
 def check_identifier(data: bytes, path: str | Path) -> None:
     """Raises EdgekitError unless ``data`` carries TFLite's file identifier.
 
-    A TFLite FlatBuffer carries "TFL3" at bytes 4..8.
+    A TFLite FlatBuffer carries "TFL3" at bytes 4..8. A Keras model (a zip, or HDF5) is
+    the usual mistake: the message then says how to convert it.
     """
     if len(data) < 8 or data[4:8] != IDENTIFIER:
+        if data[:4] == b"PK\x03\x04" or data[:8] == b"\x89HDF\r\n\x1a\n":
+            raise EdgekitError(
+                f"{path} is a Keras model, not a TFLite one: convert it first: python -m "
+                f"convert RUN_FOLDER (or: python -m convert {path} --labels LABELS.txt "
+                "--img-size N), then pass export/model_int8.tflite")
         raise EdgekitError(f"not a TFLite model (no TFL3 identifier): {path}")
+
+
+def require_model_file(path: str | Path) -> Path:
+    """``path`` as a Path when it is a file; else EdgekitError, naming a model inside a
+    folder given instead (a run or export folder) when there is one."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted(path.glob("*.tflite")) or sorted(path.glob("export/*.tflite"))
+        found = sorted(found, key=lambda f: (f.name != "model_int8.tflite", str(f)))
+        hint = f", e.g. --model {found[0]}" if found else ""
+        raise EdgekitError(f"{path} is a folder: --model takes a model file (.tflite or "
+                           f".onnx){hint}")
+    raise EdgekitError(f"model not found: {path}")
 
 
 def find_schema() -> Any | None:
@@ -119,8 +140,7 @@ def read_model(model: str | Path | bytes, path: str | Path | None = None) -> Any
         data, name = bytes(model), path or "model"
     else:
         name = path or model
-        if not Path(model).is_file():
-            raise EdgekitError(f"model not found: {model}")
+        require_model_file(model)
         try:
             data = Path(model).read_bytes()
         except OSError as e:
