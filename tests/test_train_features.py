@@ -269,6 +269,23 @@ def test_a_flat_folder_of_images_asks_for_one_subfolder_per_class(tmp_path):
         prepare(data, tmp_path / "run", 5, 0.15, 0.15, seed=0)
 
 
+def test_the_sample_folder_given_for_its_images_folder_gets_the_right_path(tmp_path):
+    import cv2
+
+    from train.prepare import prepare
+
+    data = tmp_path / "sample"  # as train.sample_data writes it: images/<class>/, video.avi
+    for c in ("circle", "square"):
+        (data / "images" / c).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(data / "images" / c / f"{i}.jpg"), np.zeros((20, 20, 3), np.uint8))
+    (data / "video.avi").write_bytes(b"")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(EdgekitError, match=r"found 1 \(images\); did you mean --data "
+                       + str(data / "images").replace(".", r"\.") + r"\?$"):
+        prepare(data, tmp_path / "run", 2, 0.15, 0.15, seed=0)
+
+
 def test_gpu_extra_is_the_train_extra_with_cuda_tensorflow():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 

@@ -31,6 +31,9 @@ def _too_few_classes(data: str | Path, ds) -> str:
         loose = sum(1 for p in Path(data).iterdir()
                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         where = f"; its {loose} loose images need sorting into them" if loose else ""
+        inner = Path(data) / ds.classes[0] if len(ds.classes) == 1 else None
+        if inner is not None and sum(1 for p in inner.iterdir() if p.is_dir()) >= 2:
+            where += f"; did you mean --data {inner}?"  # e.g. data/sample -> its images/
         return (f"expected one subfolder per class (at least 2, e.g. {data}/cat/, "
                 f"{data}/dog/) in {data}, {found}{where}")
     return f"expected at least 2 classes in {data}, {found}"
