@@ -69,6 +69,7 @@ def test_label_20_frames_by_keyboard(tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
 
     root, ds = tmp_path / "field", tmp_path / "ds"
     paths = sorted(make_field(root, n=24))  # the page's order
@@ -94,6 +95,12 @@ def test_label_20_frames_by_keyboard(tmp_path):
         _keys(driver, "j", "u")  # paths[21] unknown
         _wait_text(driver, "progress", "22 / 24 decided (20 labelled, 1 unknown, 1 skipped)")
         assert len(driver.find_elements(By.CSS_SELECTOR, ".card.d-label")) == 20
+        _keys(driver, "p")  # the full-size preview of the frame under the cursor
+        WebDriverWait(driver, 10).until(lambda d: d.execute_script(
+            "const i = document.querySelector('#preview img'); return i.complete && "
+            "!document.getElementById('preview').hidden && i.naturalWidth") == 64)
+        assert driver.find_element(By.CSS_SELECTOR, "#preview div").text == paths[22]
+        _keys(driver, "p")
         wide = _screenshot(driver, tmp_path / "label-1280.png", 1280)
         narrow = _screenshot(driver, tmp_path / "label-390.png", 390)
 
