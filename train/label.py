@@ -441,7 +441,8 @@ def _parser() -> Parser:
     p.add_argument("--out", type=Path, required=True, metavar="DATASET",
                    help="dataset with one folder per class (created when missing)")
     p.add_argument("--apply", type=Path, metavar="CSV",
-                   help="apply a path,label CSV (paths relative to FIELD) instead of a page")
+                   help="apply a path,label CSV (paths relative to FIELD; the label :unknown "
+                        "or :skip for those decisions) instead of serving the page")
     p.add_argument("--new-class", action="append", default=[], metavar="NAME",
                    help="allow a class that is neither a DATASET folder nor a model label")
     p.add_argument("--strict", action="store_true",

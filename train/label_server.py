@@ -178,6 +178,16 @@ class Handler(BaseHTTPRequestHandler):
                        {"error": f"{e.strerror}: {e.filename}"})
 
 
+class Server(ThreadingHTTPServer):
+    """One thread per connection; a browser that drops a connection is not an error."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # thumbnails cancelled
+            super().handle_error(request, client_address)
+
+
 def loopback(host: str) -> str:
     """``host`` when it is a loopback address (``localhost`` resolved); EdgekitError else."""
     try:
@@ -198,8 +208,7 @@ def serve(labeller: Labeller, host: str, port: int) -> int:
     token = secrets.token_urlsafe(18)
     app = LabelApp(labeller, token)
     handler = type("BoundHandler", (Handler,), {"app": app})
-    cls = type("Server", (ThreadingHTTPServer,), {
-        "daemon_threads": True,
+    cls = type("BoundServer", (Server,), {
         "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
     try:
         server = cls((host, port), handler)
