@@ -65,6 +65,22 @@ def _screenshot(driver, path, width: int) -> np.ndarray:
     return cv2.imread(str(path), cv2.IMREAD_COLOR)
 
 
+def _check_dataset(root, ds, paths: list[str], want: dict[str, str]) -> None:
+    """Exactly the 20 labelled frames copied, each with its sidecar; 22 decisions logged."""
+    for p, label in want.items():
+        dst = copy_of(ds, label, p)
+        assert dst.read_bytes() == (root / p).read_bytes(), p
+        assert dst.with_suffix(".json").read_bytes() == (root / p).with_suffix(".json") \
+            .read_bytes()
+    assert sorted(x.relative_to(ds).as_posix() for x in ds.rglob("*.jpg")) == \
+        sorted(copy_of(ds, lab, p).relative_to(ds).as_posix() for p, lab in want.items())
+    log = log_lines(ds)
+    assert {r["who"] for r in log} == {"page"} and len(log) == 22
+    assert {(r["path"], r["decision"], r["label"]) for r in log} == {
+        *((p, "label", lab) for p, lab in want.items()), (paths[8], "skip", None),
+        (paths[21], "unknown", None)}
+
+
 def test_label_20_frames_by_keyboard(tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -126,19 +142,7 @@ def test_label_20_frames_by_keyboard(tmp_path):
         shown = [c.get_attribute("title") for c in driver.find_elements(By.CLASS_NAME, "card")]
         assert [index[p] for p in shown] == [21]  # any of a frame's reasons matches
 
-    for p, label in want.items():
-        dst = copy_of(ds, label, p)
-        assert dst.read_bytes() == (root / p).read_bytes(), p
-        assert dst.with_suffix(".json").read_bytes() == (root / p).with_suffix(".json") \
-            .read_bytes()
-    assert sorted(x.relative_to(ds).as_posix() for x in ds.rglob("*.jpg")) == \
-        sorted(copy_of(ds, lab, p).relative_to(ds).as_posix() for p, lab in want.items())
-    log = log_lines(ds)
-    assert {r["who"] for r in log} == {"page"} and len(log) == 22
-    assert {(r["path"], r["decision"], r["label"]) for r in log} == {
-        *((p, "label", lab) for p, lab in want.items()), (paths[8], "skip", None),
-        (paths[21], "unknown", None)}
-
+    _check_dataset(root, ds, paths, want)
     for img, width in ((wide, 1280), (narrow, 390)):
         assert img is not None and abs(img.shape[1] - width) <= 20, img.shape
         # Non-trivial: many colours (thumbnails, text), not one flat fill.
