@@ -47,7 +47,8 @@ def _span(d: DaemonProcess, seconds: float) -> dict:
     t0, f0, c0 = _sample(d)
     time.sleep(seconds)
     t1, f1, c1 = _sample(d)
-    return {"fps": round((f1 - f0) / (t1 - t0), 2), "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1)}
+    return {"fps": round((f1 - f0) / (t1 - t0), 2),
+            "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1)}
 
 
 def _polls_only(url: str, stop: threading.Event) -> None:
