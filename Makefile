@@ -20,7 +20,7 @@ help: ## list the tasks
 	@echo "edgekit - make <task> [VAR=value]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv and install edgekit[train,device,dev] (no-op when up to date)
+setup: $(STAMP) ## create .venv and install this checkout with [train,device,onnx,dev] (no-op when up to date)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,12 +39,24 @@ demo: setup $(SAMPLE)/video.avi ## whole pipeline on built-in sample data: train
 	$(PY) -m edge_runtime run --model $(DEMO)/export/model_int8.tflite --source $(SAMPLE)/video.avi --output $(DEMO)/camera.jsonl
 	$(PY) -m benchmarks video-check $(DEMO)/camera.jsonl $(SAMPLE)/video_labels.txt
 	@echo
-	@echo "Done. Report: $(DEMO)/bench/report.md  Plot: $(DEMO)/bench/latency_vs_accuracy.png"
-	@echo "      Training curves: $(DEMO)/training_curves.png  Conversion: $(DEMO)/export/convert_report.json"
+	@echo "Done. What the demo made:"
+	@echo "  model for devices:  $(DEMO)/export/model_int8.tflite (float: model_float32.tflite; labels and golden cases inside)"
+	@echo "  training:           $(DEMO)/metrics.json, $(DEMO)/training_curves.png, $(DEMO)/confusion_matrix.png, $(DEMO)/augment_preview.png"
+	@echo "  conversion:         $(DEMO)/export/convert_report.md (top-1 per variant, drop vs float32, sizes)"
+	@echo "  benchmark:          $(DEMO)/bench/report.md, $(DEMO)/bench/latency_vs_accuracy.png"
+	@echo "  camera loop:        $(DEMO)/camera.jsonl (one JSON line per frame of $(SAMPLE)/video.avi)"
+	@echo "Next: make live (the model on the sample video in your browser), make wheel then the"
+	@echo "      README's 'On your Pi / Jetson / Coral', or make deploy HOST=user@host CONFIG=... MODEL=..."
 
 test: setup ## run the test suite, less the slow tests (make test-slow; CI runs both)
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null); } || echo "chromium/chromium-driver not installed: the browser tests will be skipped"
 	$(PY) -m pytest -q tests -m "not slow"
+
+.PHONY: wheel
+wheel: ## the wheel a device installs (dist/edgekit_classify-*.whl; README: On your Pi / Jetson / Coral)
+	@rm -f dist/edgekit_classify-*.whl
+	$(or $(wildcard $(PY)),$(PYTHON)) -m pip wheel --no-deps -q --disable-pip-version-check . -w dist
+	@echo "wrote $$(ls dist/edgekit_classify-*.whl); on the device: pip install '$$(ls dist/edgekit_classify-*.whl | xargs -n1 basename)[device]'"
 
 .PHONY: test-slow
 test-slow: setup ## the slow tests make test leaves out: each trains or converts a model of its own

@@ -38,8 +38,8 @@ def export_onnx(saved_model: Path, size: tuple[int, int], out_path: Path,
     try:
         import tf2onnx
     except ImportError:
-        raise EdgekitError("the onnx variant needs tf2onnx: pip install 'edgekit[train]' "
-                           "(or pip install tf2onnx onnx)") from None
+        raise EdgekitError("the onnx variant needs tf2onnx: pip install -e '.[train]' in the "
+                           "edgekit checkout (or pip install tf2onnx onnx)") from None
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(saved_model))

@@ -112,7 +112,7 @@ def build_wheel(out: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
            "--disable-pip-version-check", str(ROOT), "-w", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    wheels = sorted(out.glob("edgekit-*.whl"))
+    wheels = sorted(out.glob("edgekit_classify-*.whl"))  # the distribution name, normalised
     if p.returncode != 0 or not wheels:
         tail = " ".join((p.stderr or p.stdout).strip().splitlines()[-2:])
         raise EdgekitError(f"building the edgekit wheel failed: {tail[:300]}")
@@ -200,7 +200,7 @@ def ansible_playbook() -> str:
     here = Path(sys.executable).parent / "ansible-playbook"
     found = str(here) if here.is_file() else shutil.which("ansible-playbook")
     if not found:
-        raise EdgekitError("ansible-playbook not found: pip install 'edgekit[deploy]' "
+        raise EdgekitError("ansible-playbook not found: pip install -e '.[deploy]' "
                            "(or make deploy, which installs it)")
     return found
 

@@ -449,7 +449,7 @@ class _Handler(BaseHTTPRequestHandler):
                 except ImportError:
                     self._json(HTTPStatus.NOT_IMPLEMENTED, {
                         "error": "/metrics needs prometheus_client: pip install "
-                                 "'edgekit[device]'"})
+                                 "prometheus-client (the wheel's [device] extra has it)"})
                     return
                 self._send(HTTPStatus.OK, text, "text/plain; version=0.0.4; charset=utf-8")
             elif path == "/stream.mjpg":

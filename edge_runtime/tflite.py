@@ -64,6 +64,9 @@ def require_model_file(path: str | Path) -> Path:
         hint = f", e.g. --model {found[0]}" if found else ""
         raise EdgekitError(f"{path} is a folder: --model takes a model file (.tflite or "
                            f".onnx){hint}")
+    if path.suffix.lower() == ".onnx":  # the Jetson profiles' model; convert leaves it out
+        raise EdgekitError(f"model not found: {path} (make it with: python -m convert "
+                           "runs/NAME --variants float32,int8,onnx -> export/model.onnx)")
     raise EdgekitError(f"model not found: {path}")
 
 

@@ -35,6 +35,10 @@ def test_a_folder_as_model_names_the_model_inside(tmp_path, coral, capsys):
         f"error: {empty} is a folder: --model takes a model file (.tflite or .onnx)")
     assert _error(["classify", "--model", str(tmp_path / "nope.tflite"), "x.jpg"],
                   capsys) == f"error: model not found: {tmp_path / 'nope.tflite'}"
+    # The Jetson profiles' model, which the default variants do not make: say how.
+    assert _error(["classify", "--model", str(tmp_path / "model.onnx"), "x.jpg"], capsys) \
+        == (f"error: model not found: {tmp_path / 'model.onnx'} (make it with: python -m "
+            "convert runs/NAME --variants float32,int8,onnx -> export/model.onnx)")
 
 
 @pytest.mark.parametrize("magic", [b"PK\x03\x04", b"\x89HDF\r\n\x1a\n"], ids=["keras", "h5"])

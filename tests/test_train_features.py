@@ -218,7 +218,7 @@ def test_gpu_hint_only_when_an_nvidia_gpu_seems_present(monkeypatch, capsys):
     monkeypatch.setattr(core.shutil, "which",
                         lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
     line = core.gpu_hint()
-    assert "pip install 'edgekit[gpu]'" in line
+    assert "pip install -e '.[gpu]'" in line
     assert capsys.readouterr().err == line + "\n"
     monkeypatch.setattr(core.shutil, "which", lambda name: None)
     devices["/dev/nvidia0"] = True  # a device node without nvidia-smi (a container)

@@ -285,7 +285,8 @@ def gpu_hint() -> str | None:
         return None
     line = ("note: training on the CPU, but this machine seems to have an NVIDIA GPU "
             "(nvidia-smi or /dev/nvidia0 found) that TensorFlow cannot use: "
-            "pip install 'edgekit[gpu]' (TensorFlow with CUDA) to train on it")
+            "pip install -e '.[gpu]' in the edgekit checkout (TensorFlow with CUDA) "
+            "to train on it")
     print(line, file=sys.stderr)
     return line
 

@@ -19,15 +19,15 @@ if [ "$(cat "$venv/.edgekit-key" 2>/dev/null)" != "$key" ]; then
     if [ ! -f "$house/.complete" ]; then
         rm -rf "$house"
         "$venv/bin/pip" download -q --only-binary=:all: -d "$house" "$wheel[device]" pytest
-        rm -f "$house"/edgekit-*.whl
+        rm -f "$house"/edgekit_classify-*.whl
         touch "$house/.complete"
         for old in /cache/wheelhouse-*; do [ "$old" = "$house" ] || rm -rf "$old"; done
     fi
 fi
-"$venv/bin/pip" uninstall -q -y edgekit 2>/dev/null || true
+"$venv/bin/pip" uninstall -q -y edgekit-classify 2>/dev/null || true
 "$venv/bin/pip" install -q --no-index --find-links "$house" --only-binary=:all: \
     "$wheel[device]" pytest
 echo "$key" > "$venv/.edgekit-key"
-"$venv/bin/python" -c "import edge_runtime, numpy, cv2, ai_edge_litert; from importlib.metadata import version as v; print('installed: edgekit', v('edgekit'), 'numpy', numpy.__version__, 'opencv', cv2.__version__, 'ai-edge-litert', v('ai-edge-litert'))"
+"$venv/bin/python" -c "import edge_runtime, numpy, cv2, ai_edge_litert; from importlib.metadata import version as v; print('installed: edgekit-classify', v('edgekit-classify'), 'numpy', numpy.__version__, 'opencv', cv2.__version__, 'ai-edge-litert', v('ai-edge-litert'))"
 cd /tmp
 exec "$venv/bin/python" -m pytest -p no:cacheprovider -q -rs /tests/test_device.py "$@"

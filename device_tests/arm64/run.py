@@ -121,7 +121,7 @@ def build_wheel(work: Path) -> Path:
     r = _sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)])
     if r.returncode != 0:
         raise SystemExit(f"test-arm64: the wheel did not build:\n{r.stdout}{r.stderr}")
-    wheels = sorted(dist.glob("edgekit-*.whl"))
+    wheels = sorted(dist.glob("edgekit_classify-*.whl"))
     if len(wheels) != 1:
         raise SystemExit(f"test-arm64: expected one wheel in {dist}, found {wheels}")
     return wheels[0]
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import edge_runtime  # noqa: F401 - the checkout's, for the x86 side
 
-    reference = {"edgekit_version": version("edgekit"), **coral_reference(work),
+    reference = {"edgekit_version": version("edgekit-classify"), **coral_reference(work),
                  "daemon": daemon_inputs(args.cache, work)}
     (work / "x86_reference.json").write_text(json.dumps(reference))
     shutil.copy(ROOT / "device_configs" / "raspberry-pi-4.yaml", work)

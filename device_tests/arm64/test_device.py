@@ -53,7 +53,7 @@ def test_runs_the_installed_wheel_on_aarch64():
     assert "/opt/edgekit/" in edge_runtime.__file__, edge_runtime.__file__
     from importlib.metadata import version
 
-    assert version("edgekit") == REFERENCE["edgekit_version"]
+    assert version("edgekit-classify") == REFERENCE["edgekit_version"]
     with pytest.raises(ImportError):
         import tensorflow  # noqa: F401  -- the device extra must not bring TensorFlow
 

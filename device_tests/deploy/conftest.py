@@ -195,7 +195,7 @@ def wheel(tmp_path_factory) -> Path:
                             "--disable-pip-version-check", str(ROOT), "-w", str(out)],
                            timeout=600, capture_output=True, text=True)
         if p.returncode == 0:
-            return next(out.glob("edgekit-*.whl"))
+            return next(out.glob("edgekit_classify-*.whl"))
     raise RuntimeError(f"building the wheel failed: {p.stderr[-2000:]}")
 
 
@@ -216,7 +216,7 @@ def wheelhouse(wheel) -> Path:
                         "--disable-pip-version-check", "-d", str(house), "-c",
                         str(house.parent / f"constraints-{key}.txt"), f"{wheel}[device]"],
                        check=True, timeout=600, capture_output=True)
-        for w in house.glob("edgekit-*.whl"):
+        for w in house.glob("edgekit_classify-*.whl"):
             w.unlink()  # the bundle carries this checkout's own wheel
         (house / ".complete").touch()
     return house

@@ -36,7 +36,7 @@ TOKEN = "fleet-s3cret"
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed "
                                     "(make test-monitor: apt-get install prometheus)")
 needs_ansible = pytest.mark.skipif(not ANSIBLE, reason="ansible-inventory not installed "
-                                   "(pip install 'edgekit[deploy]')")
+                                   "(pip install -e '.[deploy]')")
 
 INI = """\
 [pis]

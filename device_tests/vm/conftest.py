@@ -201,7 +201,7 @@ def deploy(vm, inputs):
                    "-o IdentitiesOnly=yes -o BatchMode=yes"
         args = [f"--ssh-args={ssh_args}", *extra]
         if target == "deploy":
-            args += ["--wheel", str(next(inputs.glob("edgekit-*.whl")))]
+            args += ["--wheel", str(next(inputs.glob("edgekit_classify-*.whl")))]
         cmd = ["make", "-s", "--no-print-directory", target, f"HOST={vm.host}",
                f"PORT={vm.port}", f"SSH_KEY={vm.key}", "ARGS=" + shlex.join(args)]
         if target == "deploy":
