@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from edge_runtime.manifest import Manifest
 from edge_runtime.metadata import embed_manifest
 from edge_runtime.runs import load_arrays
 
+from .drift_baseline import record_baselines
 from .evaluate import add_deltas, format_table, run_model, score, to_markdown, worst_classes
 from .quantization import IO_TYPES, Quantization, parse_variants
 from .source import Source, load_reference, open_source
@@ -357,9 +358,11 @@ def add_selftests(models: dict[str, Path], images: list[tuple[str, np.ndarray]],
     return counts
 
 
-def write_beside(src: Source, provenance: dict, models: dict[str, Path]) -> None:
-    """``manifest.json`` (with each variant's sha256) and ``labels.txt`` beside the models."""
-    beside = _exported_manifest(src, provenance, None)
+def write_beside(src: Source, provenance: dict, models: dict[str, Path],
+                 drift: dict | None = None) -> None:
+    """``manifest.json`` (with each variant's sha256 and drift baseline) and ``labels.txt``
+    beside the models."""
+    beside = replace(_exported_manifest(src, provenance, None), drift_baseline=drift)
     beside.extra["variants"] = {k: {"file": v.name, "sha256": src.sha256_of(v)}
                                 for k, v in models.items()}
     beside.save(src.export_dir / "manifest.json")
@@ -494,8 +497,10 @@ def export_source(src: Source, options: ExportOptions) -> ExportResult:
         models, rows = write_variants(src, saved, variants, options, provenance, rep, n)
         for name, count in add_selftests(models, selftest_images(src), work).items():
             rows[name]["selftest_cases"] = count
-            rows[name]["size_bytes"] = models[name].stat().st_size  # golden cases included
-        write_beside(src, provenance, models)
+        drift = record_baselines(src, models, work, "edgetpu" in variants)
+        for name, path in models.items():  # golden cases and drift baseline included
+            rows[name]["size_bytes"] = path.stat().st_size
+        write_beside(src, provenance, models, drift)
         report: dict[str, Any] = {"source": str(src.path), "origin": src.origin,
                                   "test_images": int(len(ref.labels)), "skipped": ref.skipped,
                                   "notes": notes, "variants": rows}

@@ -49,7 +49,10 @@ CHECK_EVERY = 10
 PERSIST = 3
 CLEAR = 0.8
 DEFAULT_THRESHOLD = 1.0
-HYSTERESIS = 0.02  # confidence change that counts as a new observation (see effective_confidence)
+# Confidence moves smaller than this share of the baseline's 10-90 % spread (clipped to
+# [HYSTERESIS_MIN, HYSTERESIS_MAX]) are noise, not a new observation (effective_confidence).
+HYSTERESIS = 0.05
+HYSTERESIS_MIN, HYSTERESIS_MAX = 0.002, 0.02
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,8 @@ class DriftMonitor:
         self._n_base = n
         self._q = np.asarray(q, np.float64)
         self._resolution = 1.0 / len(q)
+        spread = q[round(0.9 * (len(q) - 1))] - q[round(0.1 * (len(q) - 1))]
+        self._hysteresis = min(HYSTERESIS_MAX, max(HYSTERESIS_MIN, HYSTERESIS * spread))
         smoothed = np.asarray([c + 0.5 for c in counts] + [0.5])  # last: unknown indices
         self._p_base = smoothed / smoothed.sum()
         self._spare = len(counts)
@@ -210,9 +215,10 @@ class DriftMonitor:
         m = len(conf)
         if m < self.min_frames:
             return DriftState(0.0, False, self.threshold, m, 0.0, 0.0)
-        n_conf = effective_confidence(conf)
         freq = np.bincount(cls, minlength=len(self._p_base)) / m
         n_cls = effective_classes(cls, freq)
+        # A run of equal answers is one scene: its scores jitter, but it is one draw.
+        n_conf = min(n_cls, effective_confidence(conf, self._hysteresis))
         d_conf = ks_distance(conf, self._q) / (
             KS_C * math.sqrt(1 / n_conf + 1 / self._n_base) + self._resolution)
         d_cls = chi2_ratio(freq, self._p_base, n_cls, self._n_base,
@@ -266,18 +272,18 @@ def _markov_n_eff(changes: int, iid_rate: float, m: int) -> float:
     return float(min(m, max(1.0, m * s / (1 - s))))
 
 
-def effective_confidence(conf: np.ndarray) -> float:
+def effective_confidence(conf: np.ndarray, hysteresis: float) -> float:
     """n_eff of a confidence series from its crossings of its own median.
 
-    A crossing counts only when the value moves from below ``median - HYSTERESIS`` to
-    above ``median + HYSTERESIS`` or back: sensor noise around one static scene's score is
-    not new evidence. The window's own median (not the baseline's) keeps a shifted stream,
+    A crossing counts only when the value moves from below ``median - hysteresis`` to
+    above ``median + hysteresis`` or back: sensor noise around one static scene's score
+    is not new evidence. The window's own median (not the baseline's) keeps a shifted stream,
     all on one side of the baseline, from looking like one long run.
     """
     med = float(np.median(conf))
     side = np.zeros(len(conf), np.int8)
-    side[conf > med + HYSTERESIS] = 1
-    side[conf < med - HYSTERESIS] = -1
+    side[conf > med + hysteresis] = 1
+    side[conf < med - hysteresis] = -1
     known = side[side != 0]
     changes = int(np.count_nonzero(known[1:] != known[:-1]))
     return _markov_n_eff(changes, 0.5, len(conf))

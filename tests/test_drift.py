@@ -1,0 +1,221 @@
+"""Confidence drift (edge_runtime.drift): synthetic streams with known answers, the
+baseline's place in the manifest, and (slow) the tiny run's models on the sample and field
+videos."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edge_runtime.drift import (
+    CHECK_EVERY,
+    PERSIST,
+    DriftMonitor,
+    baseline_for,
+    ks_distance,
+    make_baseline,
+)
+from edge_runtime.errors import EdgekitError
+from edge_runtime.manifest import Manifest
+
+K = 4
+
+
+def softmax_rows(rng: np.random.Generator, n: int, margin: float) -> np.ndarray:
+    """``n`` probability rows over K classes; the true class's logit is ``margin`` up."""
+    labels = rng.integers(0, K, n)
+    logits = rng.normal(0, 1, (n, K))
+    logits[np.arange(n), labels] += margin
+    p = np.exp(logits)
+    return p / p.sum(1, keepdims=True)
+
+
+def feed(mon: DriftMonitor, probs: np.ndarray) -> tuple[int | None, float]:
+    """Feeds rows; returns (first frame index with the alert up or None, max value)."""
+    first, top = None, 0.0
+    for i, p in enumerate(probs):
+        mon.update(int(p.argmax()), float(p.max()))
+        s = mon.snapshot()
+        top = max(top, s.value)
+        if s.alert and first is None:
+            first = i
+    return first, top
+
+
+def scenes(rng: np.random.Generator, pool: np.ndarray, frames: int, length: int = 60,
+           jitter: float = 0.03) -> np.ndarray:
+    """A video-like stream: scenes of ``length`` frames, each one draw from ``pool`` held
+    (a slowly moving object) with small per-frame jitter on its confidence."""
+    out = []
+    while len(out) < frames:
+        p = pool[rng.integers(len(pool))]
+        for _ in range(length):
+            q = p.copy()
+            top = q.argmax()
+            q[top] = np.clip(q[top] + rng.normal(0, jitter), 0.26, 1.0)
+            out.append(q)
+    return np.array(out[:frames])
+
+
+@pytest.fixture()
+def validation() -> np.ndarray:
+    """36 validation outputs, as in the tests' tiny run (a small split on purpose)."""
+    return softmax_rows(np.random.default_rng(0), 36, margin=5.0)
+
+
+def test_baseline_is_compact_and_exact_at_ties():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.9, 0.1]])
+    b = make_baseline(probs)
+    assert b["n"] == 4
+    assert b["class_counts"] == [3, 1]
+    q = b["confidence_quantiles"]
+    assert len(q) == 101 and q == sorted(q)
+    assert q[0] == 0.6 and q[-1] == 0.9 and set(q) == {0.6, 0.8, 0.9}  # real scores only
+    with pytest.raises(EdgekitError, match=r"shape \(0,\)"):
+        make_baseline(np.zeros(0))
+
+
+def test_ks_distance_against_step_baseline():
+    q = np.linspace(0.5, 1.0, 101)
+    assert ks_distance(np.linspace(0.5, 1.0, 1000), q) < 0.02
+    assert ks_distance(np.full(50, 0.3), q) == pytest.approx(1.0)
+    # half the values below the baseline's range: the CDFs differ by one half there
+    assert ks_distance(np.r_[np.full(50, 0.3), np.linspace(0.5, 1, 50)], q) == \
+        pytest.approx(0.5, abs=0.02)
+
+
+def test_independent_in_distribution_frames_never_alert(validation):
+    rng = np.random.default_rng(1)
+    mon = DriftMonitor(make_baseline(validation))
+    # a fresh sample of the same population, not the 36 validation rows again
+    first, top = feed(mon, softmax_rows(rng, 20_000, margin=5.0))
+    assert first is None, f"alert at frame {first}"
+    assert top < 1.0
+    assert mon.snapshot().effective_confidence > 100  # independent frames count as such
+
+
+def test_video_like_in_distribution_stream_never_alerts_over_10_minutes(validation):
+    """Scenes of 60 near-equal frames (15 fps, 10 minutes): autocorrelated answers are
+    fewer observations than frames; counted as frames they would alert."""
+    rng = np.random.default_rng(2)
+    stream = scenes(rng, softmax_rows(rng, 500, margin=5.0), 15 * 600)
+    mon = DriftMonitor(make_baseline(validation))
+    first, top = feed(mon, stream)
+    assert first is None, f"alert at frame {first} (max {top})"
+    assert mon.snapshot().effective_classes < 60
+
+
+def test_a_static_scene_is_one_observation(validation):
+    mon = DriftMonitor(make_baseline(validation))
+    p = np.array([0.05, 0.05, 0.2, 0.7])  # an unusual but steady answer, sensor noise only
+    rng = np.random.default_rng(3)
+    rows = np.repeat(p[None], 3000, 0)
+    rows[:, 3] += rng.normal(0, 0.003, 3000)
+    first, _ = feed(mon, rows)
+    assert first is None
+    assert mon.snapshot().effective_confidence < 5
+
+
+def test_shifted_stream_alerts_within_300_frames(validation):
+    rng = np.random.default_rng(4)
+    shifted = scenes(rng, softmax_rows(rng, 500, margin=1.5), 600, jitter=0.08)
+    mon = DriftMonitor(make_baseline(validation))
+    first, top = feed(mon, shifted)
+    assert first is not None and first < 300, (first, top)
+    assert mon.snapshot().confidence >= 1.0
+
+
+def test_class_mix_shift_alerts_and_clears(validation):
+    rng = np.random.default_rng(5)
+    base = make_baseline(validation)
+    mon = DriftMonitor(base, window=300)
+    # the model now answers class 0 or 1 only, confidently and independently per frame
+    rows = softmax_rows(rng, 3000, margin=5.0)
+    rows = rows[rows.argmax(1) < 2][:600]
+    first, _ = feed(mon, rows)
+    assert first is not None and first < 300
+    assert mon.snapshot().classes >= 1.0
+    # back to normal: the alert clears once the window has refilled
+    first_back, _ = feed(mon, softmax_rows(rng, 600, margin=5.0))
+    s = mon.snapshot()
+    assert not s.alert and s.value < 0.8
+
+
+def test_alert_needs_persist_consecutive_checks(validation):
+    rng = np.random.default_rng(7)
+    mon = DriftMonitor(make_baseline(validation), window=100)
+    feed(mon, softmax_rows(rng, 300, margin=5.0))
+    assert not mon.snapshot().alert
+    checks = []
+    for p in softmax_rows(rng, 200, margin=0.5):  # low confidence, answers flicker
+        mon.update(int(p.argmax()), float(p.max()))
+        if mon._count % CHECK_EVERY == 0:
+            checks.append(mon.snapshot())
+    crossed = next(i for i, s in enumerate(checks) if s.value >= s.threshold)
+    raised = next(i for i, s in enumerate(checks) if s.alert)
+    assert all(s.value >= s.threshold for s in checks[crossed:raised + 1])
+    assert raised == crossed + PERSIST - 1
+
+
+def test_window_and_threshold_are_honoured(validation):
+    mon = DriftMonitor(make_baseline(validation), window=50, threshold=0.5)
+    for i in range(200):
+        mon.update(i % 4, 0.99)
+    s = mon.snapshot()
+    assert s.window == 50 and s.threshold == 0.5
+    with pytest.raises(EdgekitError, match="drift window 5, expected"):
+        DriftMonitor(make_baseline(validation), window=5)
+    with pytest.raises(EdgekitError, match="drift threshold 0"):
+        DriftMonitor(make_baseline(validation), threshold=0)
+
+
+def test_bad_baseline_is_one_clear_error():
+    with pytest.raises(EdgekitError, match="missing field 'class_counts'"):
+        DriftMonitor({"n": 3, "confidence_quantiles": [0.5, 1.0]})
+    with pytest.raises(EdgekitError, match="sorted values"):
+        DriftMonitor({"n": 3, "confidence_quantiles": [0.9, 0.5], "class_counts": [1, 2]})
+
+
+def test_manifest_carries_the_baseline_per_model(validation):
+    entry = make_baseline(validation)
+    other = {**entry, "n": 7}
+    drift = {"version": 1, "split": "validation",
+             "models": {"model_float32.tflite": entry, "model_int8.tflite": other}}
+    m = Manifest(["a", "b", "c", "d"], (96, 96), drift_baseline=drift)
+    back = Manifest.from_dict(m.to_dict())
+    assert back.drift_baseline == drift
+    assert baseline_for(back, "export/model_int8.tflite")["n"] == 7
+    assert baseline_for(back, "renamed.tflite") is None  # two entries: which one?
+    assert baseline_for({"drift_baseline": {"models": {"x.tflite": entry}}}, "y.tflite") == entry
+    assert DriftMonitor.from_manifest(back, model="model_float32.tflite") is not None
+    old = {k: v for k, v in m.to_dict().items() if k != "drift_baseline"}
+    assert Manifest.from_dict(old).drift_baseline is None  # manifests from before load
+    assert DriftMonitor.from_manifest(Manifest.from_dict(old)) is None
+    with pytest.raises(EdgekitError, match="drift_baseline must be an object"):
+        Manifest.from_dict({**old, "drift_baseline": [1, 2]})
+
+
+def test_update_is_cheap_and_snapshot_safe_from_another_thread(validation):
+    mon = DriftMonitor(make_baseline(validation))
+    rows = softmax_rows(np.random.default_rng(6), 5000, margin=5.0)
+    idx, conf = rows.argmax(1).tolist(), rows.max(1).tolist()
+    seen, stop = [], threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            seen.append(mon.snapshot().window)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    t0 = time.perf_counter()
+    for i, c in zip(idx, conf):
+        mon.update(i, c)
+    per_call_us = (time.perf_counter() - t0) / len(idx) * 1e6
+    stop.set()
+    t.join()
+    assert seen and max(seen) == 300
+    # amortized (a check every CHECK_EVERY frames included); ~10-25 us on one core
+    assert per_call_us < 500, per_call_us
