@@ -213,10 +213,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from .preprocess import load_image
 
     clf = _classifier(args)
-    if not clf.labels and not args.json:
-        print("note: no labels (pass --labels FILE, or keep manifest.json beside the "
-              "model): classes are printed by index", file=sys.stderr)
-    status = EXIT_OK
+    status, shown = EXIT_OK, False
     for path in args.images:
         try:
             top = clf.classify(load_image(path), args.top_k, args.threshold)
@@ -232,6 +229,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             for c in top:  # "class 286", not "286 (286)", when there is no label
                 name = f"{c.label} ({c.index})" if c.label != str(c.index) else f"class {c.index}"
                 print(f"  {c.score:7.4f}  {name}")
+            shown = True
+    if shown and not clf.labels:  # after the results, on stdout: stderr keeps one error line
+        print("(no labels: pass --labels FILE, or keep manifest.json beside the model)")
     return status
 
 
