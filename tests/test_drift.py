@@ -4,8 +4,10 @@ videos."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,11 +89,24 @@ def test_ks_distance_against_step_baseline():
         pytest.approx(0.5, abs=0.02)
 
 
+def test_ks_distance_is_the_exact_two_sample_statistic():
+    """With 101 baseline values the step baseline is their empirical CDF: the result is
+    the two-sample KS statistic, here computed by brute force at every point and just
+    below it."""
+    rng = np.random.default_rng(8)
+    base = np.sort(np.round(rng.beta(5, 1, 101), 3))  # rounded: ties on both sides
+    for live in (np.round(rng.beta(5, 1, 300), 3), np.round(rng.beta(2, 1, 37), 3)):
+        z = np.concatenate([live, base])
+        z = np.concatenate([z, z - 1e-9])
+        f_live, f_base = ((v[None, :] <= z[:, None]).mean(1) for v in (live, base))
+        assert ks_distance(live, base) == pytest.approx(np.abs(f_live - f_base).max())
+
+
 def test_independent_in_distribution_frames_never_alert(validation):
     rng = np.random.default_rng(1)
     mon = DriftMonitor(make_baseline(validation))
     # a fresh sample of the same population, not the 36 validation rows again
-    first, top = feed(mon, softmax_rows(rng, 20_000, margin=5.0))
+    first, top = feed(mon, softmax_rows(rng, 10_000, margin=5.0))
     assert first is None, f"alert at frame {first}"
     assert top < 1.0
     assert mon.snapshot().effective_confidence > 100  # independent frames count as such
@@ -219,3 +234,56 @@ def test_update_is_cheap_and_snapshot_safe_from_another_thread(validation):
     assert seen and max(seen) == 300
     # amortized (a check every CHECK_EVERY frames included); ~10-25 us on one core
     assert per_call_us < 500, per_call_us
+
+
+def test_each_exported_model_carries_its_own_baseline(exported):
+    """The int8 model's baseline comes from its own (1/256-step) outputs, not float's."""
+    from edge_runtime.metadata import read_embedded_manifest
+
+    beside = Manifest.from_dict(json.loads((exported / "manifest.json").read_text()))
+    drift = beside.drift_baseline
+    assert drift["split"] == "validation"
+    assert set(drift["models"]) == {"model_float32.tflite", "model_int8.tflite"}
+    for name, entry in drift["models"].items():
+        assert entry["n"] == 36 == sum(entry["class_counts"])
+        inside = read_embedded_manifest(exported / name)["drift_baseline"]
+        assert inside["models"] == {name: entry}  # a copied model file describes itself
+    q8 = np.array(drift["models"]["model_int8.tflite"]["confidence_quantiles"])
+    assert np.allclose(q8 * 256, np.round(q8 * 256), atol=1e-3)
+    qf = np.array(drift["models"]["model_float32.tflite"]["confidence_quantiles"])
+    assert not np.allclose(qf * 256, np.round(qf * 256), atol=1e-3)
+
+
+def video_scores(model: Path, video: Path) -> np.ndarray:
+    """The model's probabilities on every frame of a video file."""
+    import cv2
+
+    from edge_runtime.classify import Classifier
+
+    clf, cap, out = Classifier(model), cv2.VideoCapture(str(video)), []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return np.stack(out)
+        out.append(clf.scores(np.ascontiguousarray(frame[..., ::-1])))
+
+
+@pytest.mark.slow
+def test_tiny_run_flags_the_field_video_not_the_sample_video(exported, tmp_path):
+    """The issue's goal, measured: the field video flagged within 300 frames, the sample
+    video looped for 10 minutes at 15 fps (9000 frames) never, for float32 and int8."""
+    from train.sample_data import write_video
+
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "field").mkdir()
+    lab = write_video(tmp_path / "lab", 240, seed=1)
+    field = write_video(tmp_path / "field", 720, seed=1, field=True)
+    manifest = json.loads((exported / "manifest.json").read_text())
+    for name in ("model_float32.tflite", "model_int8.tflite"):
+        looped = np.tile(video_scores(exported / name, lab), (38, 1))[:9000]
+        first, top = feed(DriftMonitor.from_manifest(manifest, model=name), looped)
+        assert first is None, f"{name}: sample video flagged at frame {first}"
+        assert top < 0.8, f"{name}: sample video drift reached {top}"
+        first, _ = feed(DriftMonitor.from_manifest(manifest, model=name),
+                        video_scores(exported / name, field))
+        assert first is not None and first < 300, f"{name}: field video alert at {first}"
