@@ -90,37 +90,59 @@ def _size(path: Path) -> int:
         return -1
 
 
-def _summaries(folder: Path) -> dict[str, dict]:
-    """The playbook's per-host summaries, by inventory host name."""
-    docs = {}
-    for f in sorted(folder.glob("*.json")):
-        try:
-            doc = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        line = doc.get("line") or ""
-        try:
-            doc["result"] = json.loads(line[len("EDGEKIT-COLLECT "):]) if line else {}
-        except json.JSONDecodeError:
-            doc["result"] = {}
-        docs[doc.get("host", f.stem)] = doc
+def _results(folder: Path) -> dict[str, dict]:
+    """The edgekit_results callback's lines of one round, by inventory host name:
+    {"run": ..., "fetch": ..., "doc": the device's EDGEKIT-COLLECT document or {}}."""
+    out: dict[str, dict] = {}
+    for f in sorted(folder.glob("*.jsonl")):
+        for text in f.read_text().splitlines():
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            out.setdefault(line["host"], {})[line["task"]] = line
         f.unlink()
-    return docs
+    for res in out.values():
+        doc = {}
+        for text in (res.get("run") or {}).get("stdout", "").splitlines():
+            if text.startswith("EDGEKIT-COLLECT "):
+                try:
+                    doc = json.loads(text[len("EDGEKIT-COLLECT "):])
+                except json.JSONDecodeError:
+                    doc = {}
+        res["doc"] = doc
+    return out
 
 
-def _host_error(doc: dict, ssh_args: str) -> str:
-    """Why a host's step did not run or failed, one line; '' when it ran."""
-    if doc.get("unreachable"):
-        return describe_unreachable(doc["unreachable"], str(doc.get("addr") or ""),
-                                    doc.get("port"), ssh_args)
-    if doc["result"].get("error"):
-        return f"not collected: {doc['result']['error']}"
-    if doc.get("fetch_failed"):
-        return f"fetching the batch failed: {' '.join(doc['fetch_failed'].split())[:200]}"
-    if doc.get("rc") != 0 or not doc["result"]:
-        tail = " ".join((doc.get("stderr") or "").split())[-200:]
-        return f"the device's collect step failed (status {doc.get('rc')}): {tail or '?'}"
+def _host_error(res: dict, ssh_args: str) -> str:
+    """Why a host's round did not run or failed, one line; '' when it ran."""
+    for step in ("run", "fetch"):
+        line = res.get(step) or {}
+        if line.get("status") == "unreachable":
+            return describe_unreachable(line.get("msg", ""), line.get("addr", ""),
+                                        line.get("port"), ssh_args)
+    run, doc = res.get("run") or {}, res["doc"]
+    if doc.get("error"):
+        return f"not collected: {doc['error']}"
+    if run.get("status") != "ok" or run.get("rc") != 0 or not doc:
+        tail = " ".join((run.get("stderr") or run.get("msg") or "").split())[-200:]
+        return f"the device's collect step failed (status {run.get('rc')}): {tail or '?'}"
+    fetch = res.get("fetch")
+    if fetch is not None and fetch.get("status") != "ok":
+        return f"fetching the batch failed: {' '.join(fetch.get('msg', '').split())[:200]}"
     return ""
+
+
+def _home_index(home: Path) -> dict[str, list[int]]:
+    """{stem: [jpg bytes, json bytes]} of what is already home (-1: that file is missing)."""
+    index: dict[str, list[int]] = {}
+    if not home.is_dir():
+        return index
+    for p in home.rglob("*"):
+        if p.suffix in (".jpg", ".json") and not p.name.startswith(".") and p.is_file():
+            stem = p.relative_to(home).with_suffix("").as_posix()
+            index.setdefault(stem, [-1, -1])[p.suffix == ".json"] = p.stat().st_size
+    return index
 
 
 class _Plan:
@@ -224,51 +246,73 @@ def _lock(out: Path):
     return f
 
 
-def _round(target: Target, work: Path, variables: dict, log) -> dict[str, dict]:
-    """One run of the collect playbook; the summaries by host."""
-    summary = work / "summary"
-    summary.mkdir(exist_ok=True)
-    rc = ansible(target, PLAYBOOK, work, {"edgekit_summary_dir": str(summary),
-                                          "edgekit_remote_script": str(REMOTE_SCRIPT),
-                                          **variables}, log=log)
-    docs = _summaries(summary)
-    if rc not in (0, 2, 4) and not docs:
-        raise EdgekitError(f"ansible-playbook failed (status {rc}) before any host ran the "
-                           "collect step; see its output above")
-    return docs
-
-
-def _list(target: Target, out: Path, work: Path, keep_dir: str | None, log,
-          results: dict[str, HostCollect]) -> dict[str, _Plan]:
-    import shlex
-
-    docs = _round(target, work, {"edgekit_action": "list", "edgekit_list_args":
-                                 f"--keep-dir {shlex.quote(keep_dir)}" if keep_dir else ""}, log)
-    plans = {}
-    for host, doc in docs.items():
-        r = results[host] = HostCollect(host, error=_host_error(doc, target.ssh_args))
-        if r.error:
-            continue
-        r.keep_dir = doc["result"].get("keep_dir", "")
-        home = out / safe_name(host)
-        if home.is_dir():
-            _clean(home)
-        plans[host] = _Plan(r, r.keep_dir, doc["result"].get("frames", []), home)
-    return plans
-
-
-def _apply(target: Target, out: Path, work: Path, plans: dict[str, dict], log) -> dict:
-    """One apply round (remove, then pack and fetch); the summaries by host, and where
-    each host's batch arrived."""
+def _round(target: Target, work: Path, out: Path, plans: dict[str, dict],
+           default: dict | None, log) -> dict[str, dict]:
+    """One run of the collect playbook: each host in ``plans`` (and, with ``default``, every
+    other host of the inventory) runs collect_remote.py with its plan; the results by host,
+    each with ``tar``, where its batch arrived."""
+    results, scripts = work / "results", work / f"scripts-{uuid.uuid4().hex[:8]}"
+    results.mkdir(exist_ok=True)
+    scripts.mkdir()
+    source = REMOTE_SCRIPT.read_text(encoding="utf-8")
+    for name, plan in ([(safe_name(h), p) for h, p in plans.items()]
+                       + ([("_default", default)] if default is not None else [])):
+        data = base64.b64encode(json.dumps(plan, separators=(",", ":")).encode()).decode()
+        (scripts / f"{name}.py").write_text(f"{source}\n# edgekit-plan: {data}\n",
+                                            encoding="utf-8")
     stage = f"collect-{uuid.uuid4().hex[:12]}"
     fetch_dir = out / TMP / stage
     fetch_dir.mkdir(parents=True)
-    docs = _round(target, work, {"edgekit_action": "apply", "edgekit_plans": plans,
-                                 "edgekit_stage": stage, "edgekit_fetch_dir": str(fetch_dir)},
-                  log)
-    for host, doc in docs.items():
-        doc["tar"] = fetch_dir / f"{safe_name(host)}.tar"
-    return docs
+    env = {"ANSIBLE_CALLBACK_PLUGINS": str(HERE / "ansible_plugins"),
+           "ANSIBLE_CALLBACKS_ENABLED": "edgekit_results", "EDGEKIT_RESULTS_DIR": str(results)}
+    rc = ansible(target, PLAYBOOK, work, {"edgekit_scripts_dir": str(scripts),
+                                          "edgekit_stage": stage,
+                                          "edgekit_fetch_dir": str(fetch_dir)},
+                 log=log, env=env)
+    shutil.rmtree(scripts)
+    found = _results(results)
+    if rc not in (0, 2, 4) and not found:
+        raise EdgekitError(f"ansible-playbook failed (status {rc}) before any host ran the "
+                           "collect step; see its output above")
+    for host, res in found.items():
+        res["tar"] = fetch_dir / f"{safe_name(host)}.tar"
+    return found
+
+
+def _first_round(target: Target, out: Path, work: Path, keep_dir: str | None,
+                 max_bytes: int, log, results: dict[str, HostCollect]) -> dict[str, _Plan]:
+    """Lists every host and brings its first batch home; the plans for the rest."""
+    from .core import inventory_hosts
+
+    base = {"keep_dir": keep_dir, "list": True, "home": None, "limit": max_bytes,
+            "pack": [], "remove": []}
+    homes = {h: out / safe_name(h) for h in inventory_hosts(target, work)}
+    for home in homes.values():
+        if home.is_dir():
+            _clean(home)
+    found = _round(target, work, out, {h: {**base, "home": _home_index(home)}
+                                       for h, home in homes.items()}, base, log)
+    plans = {}
+    for host, res in found.items():
+        r = results[host] = HostCollect(host, error=_host_error(res, target.ssh_args))
+        if r.error:
+            continue
+        doc = res["doc"]
+        r.keep_dir = doc.get("keep_dir", "")
+        plan = plans[host] = _Plan(r, r.keep_dir, doc.get("frames", []), out / safe_name(host))
+        _take(plan, res)
+    return plans
+
+
+def _take(plan: _Plan, res: dict) -> None:
+    """Takes one round's answer for a host into its plan and result."""
+    doc, r = res["doc"], plan.result
+    done = {p[0] for p in doc.get("packed", [])} | {p[0] for p in doc.get("problems", [])}
+    plan.todo = [t for t in plan.todo if t[0] not in done]
+    r.problems += [f"{stem}.jpg: {why}" for stem, why in doc.get("problems", [])]
+    r.removed += int(doc.get("removed", 0))
+    if doc.get("packed"):
+        _unpack(res["tar"], doc["packed"], plan)
 
 
 def collect(target: Target, out: Path, keep_dir: str | None = None, remove: bool = False,
@@ -299,22 +343,20 @@ def collect(target: Target, out: Path, keep_dir: str | None = None, remove: bool
         with tempfile.TemporaryDirectory(prefix="edgekit-collect-") as tmp:
             work = Path(tmp)
             results: dict[str, HostCollect] = {}
-            plans = _list(target, out, work, keep_dir, log, results)
             max_bytes = max(1, int(batch_mb * 1e6))
+            plans = _first_round(target, out, work, keep_dir, max_bytes, log, results)
             while True:
-                batches = {h: p.next_batch(max_bytes) for h, p in plans.items()
-                           if not p.result.error}
-                batches = {h: {"keep_dir": plans[h].keep_dir, "remove": [], "pack": b}
-                           for h, b in batches.items() if b}
-                if not batches:
+                sent = {h: {"keep_dir": p.keep_dir, "pack": p.next_batch(max_bytes)}
+                        for h, p in plans.items() if not p.result.error and p.todo}
+                if not sent:
                     break
-                _finish(plans, batches, _apply(target, out, work, batches, log), target)
+                _finish(plans, sent, _round(target, work, out, sent, None, log), target)
             if remove:
-                gone = {h: {"keep_dir": p.keep_dir, "remove": p.verified_for_removal(),
-                            "pack": []} for h, p in plans.items() if not p.result.error}
+                gone = {h: {"keep_dir": p.keep_dir, "remove": p.verified_for_removal()}
+                        for h, p in plans.items() if not p.result.error}
                 gone = {h: g for h, g in gone.items() if g["remove"]}
                 if gone:
-                    _finish(plans, gone, _apply(target, out, work, gone, log), target)
+                    _finish(plans, gone, _round(target, work, out, gone, None, log), target)
             for host in inventory_hosts(target, work) - set(results):
                 results[host] = HostCollect(host, error="the collect step did not run there "
                                             "(see ansible's output)")
@@ -324,17 +366,14 @@ def collect(target: Target, out: Path, keep_dir: str | None = None, remove: bool
         lock.close()
 
 
-def _finish(plans: dict[str, _Plan], sent: dict[str, dict], docs: dict, target: Target) -> None:
-    """Takes one apply round's answers into each host's result."""
+def _finish(plans: dict[str, _Plan], sent: dict[str, dict], found: dict,
+            target: Target) -> None:
+    """Takes a later round's answers into each host's result."""
     for host in sent:
-        plan, doc = plans[host], docs.get(host)
-        res = plan.result
-        if doc is None:
-            res.error = "the collect step did not run there (see ansible's output)"
+        plan, res = plans[host], found.get(host)
+        if res is None:
+            plan.result.error = "the collect step did not run there (see ansible's output)"
             continue
-        res.error = _host_error(doc, target.ssh_args)
-        answer = doc["result"]
-        res.problems += answer.get("problems", [])
-        res.removed += int(answer.get("removed", 0))
-        if answer.get("packed") and not res.error:
-            _unpack(doc["tar"], answer["packed"], plan)
+        plan.result.error = _host_error(res, target.ssh_args)
+        if not plan.result.error:
+            _take(plan, res)

@@ -1,28 +1,36 @@
 """edgekit on-device collect step: list kept frames, pack a batch, remove verified ones.
 
 Shipped and run by deploy/playbook-collect.yml (``python -m deploy collect``, ``make
-collect``) with the device's python3; standard library only (the profile is read with the
+collect``) with the device's python3; standard library only (a profile is read with the
 device's edgekit, from ``~/edgekit/venv``).
 
-    python3 collect_remote.py list [--keep-dir DIR]
-    python3 collect_remote.py apply PLAN.json STAGE
+    python3 collect_remote.py apply STAGE
 
-``list`` resolves the keep dir (``--keep-dir``, relative to the home folder, else
-``keep.dir`` of ``~/edgekit/current/profile.yaml`` with the service's environment from
-/etc/default/edgekit) and lists every complete pair (``STEM.jpg`` plus its sidecar
-``STEM.json``; names starting with ``.`` are temp files) as [stem, jpg bytes, json bytes].
-``apply`` reads PLAN.json ({"keep_dir", "remove": [[stem, jpg sha256, json sha256]...],
-"pack": [[stem, jpg bytes, json bytes]...]}), removes the pairs whose files still hash to
-what the desktop verified at home, then writes ``~/edgekit/outgoing/STAGE.tar`` with the
-pairs to send, each file checked (still the listed size, a whole JPEG, a JSON sidecar) and
-hashed as read. A pair that fails a check is named in ``problems`` and left alone.
+The plan is the file's last line, ``# edgekit-plan: BASE64(JSON)``, appended by the desktop
+for each host and round (one upload, no size limit): {"keep_dir": DIR or null, "list":
+bool, "home": {stem: [jpg bytes, json bytes]} or null, "limit": bytes, "pack": [[stem, jpg
+bytes, json bytes]...], "remove": [[stem, jpg sha256, json sha256]...]}.
 
-The last line on stdout is ``EDGEKIT-COLLECT {json}``; exit status 0, or 1 when the keep
-dir cannot be resolved (the reason is in the line's ``error``).
+* keep dir: ``keep_dir`` (relative: to the home folder), else ``keep.dir`` of
+  ``~/edgekit/current/profile.yaml`` with the service's environment (/etc/default/edgekit).
+* ``remove``: pairs whose files still hash to what the desktop verified at home are
+  deleted (the sidecar first).
+* ``list``: every complete pair (``STEM.jpg`` plus its sidecar ``STEM.json``; names
+  starting with ``.`` are temp files) as [stem, jpg bytes, json bytes]. With ``home`` (what
+  the desktop has, -1 for a missing file), the pairs not there are packed too, up to
+  ``limit`` bytes (at least one pair).
+* ``pack``: pairs written to ``~/edgekit/outgoing/STAGE.tar``, each file checked (still
+  the listed size, a whole JPEG, a JSON sidecar) and hashed as read; a pair that fails a
+  check is named in ``problems`` and left alone.
+
+The last line on stdout is ``EDGEKIT-COLLECT {json}``: keep_dir, frames, incomplete,
+packed [[stem, jpg sha256, json sha256]...], bytes, removed, problems [[stem, why]...], or
+error (exit status 1: the keep dir cannot be resolved).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -35,6 +43,7 @@ import time
 HOME = os.path.expanduser("~")
 EK = os.path.join(HOME, "edgekit")
 OUTGOING = os.path.join(EK, "outgoing")
+PLAN_MARK = "# edgekit-plan: "
 STALE_S = 3600  # an outgoing tar this old belongs to a collect that was interrupted
 
 
@@ -175,8 +184,8 @@ def remove(keep: str, items: list, problems: list) -> int:
         if not os.path.exists(jpg) and not os.path.exists(side):
             continue
         if _sha256(jpg) != jsha or _sha256(side) not in (ssha, None):
-            problems.append(f"{stem}.jpg: differs on the device from the copy verified "
-                            "at home, not removed")
+            problems.append([stem, "differs on the device from the copy verified at "
+                             "home, not removed"])
             continue
         # The sidecar first: a sidecar means a complete pair, so none is ever half-listed.
         for path in (side, jpg):
@@ -207,7 +216,7 @@ def pack(keep: str, items: list, stage: str, problems: list) -> tuple[list, int]
                 pair = [(ext, _read_checked(base + ext, size, ext))
                         for ext, size in ((".jpg", jsize), (".json", ssize))]
             except Problem as e:
-                problems.append(f"{stem}.jpg: {e}")
+                problems.append([stem, str(e)])
                 continue
             for ext, data in pair:
                 info = tarfile.TarInfo(stem + ext)
@@ -233,40 +242,66 @@ def clean_outgoing() -> None:
             pass
 
 
-def main(argv: list) -> int:
-    mode = argv[0] if argv else ""
-    if mode == "list" and len(argv) in (1, 3) and argv[1:2] in ([], ["--keep-dir"]):
-        try:
-            keep = (os.path.join(HOME, os.path.expanduser(argv[2])) if len(argv) == 3
-                    else profile_keep_dir())
-        except Problem as e:
-            emit({"error": str(e)})
-            return 1
+def read_plan() -> dict:
+    """The plan appended to this file by the desktop."""
+    with open(os.path.abspath(__file__), "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - (64 << 20)))
+        last = f.read().rstrip().rsplit(b"\n", 1)[-1].decode("ascii")
+    if not last.startswith(PLAN_MARK):
+        raise Problem("no plan appended to collect_remote.py (run by python -m deploy collect)")
+    return json.loads(base64.b64decode(last[len(PLAN_MARK):]))
+
+
+def home_todo(frames: list, home: dict, limit: int) -> list:
+    """The listed pairs the desktop lacks (its files missing, none of a different size:
+    those the desktop reports), up to ``limit`` bytes, at least one."""
+    todo, size = [], 0
+    for stem, jsize, ssize in frames:
+        have = home.get(stem, [-1, -1])
+        if have == [jsize, ssize] or have[0] not in (-1, jsize) or have[1] not in (-1, ssize):
+            continue
+        if todo and size + jsize + ssize > limit:
+            break
+        todo.append([stem, jsize, ssize])
+        size += jsize + ssize
+    return todo
+
+
+def apply(plan: dict, stage: str) -> dict:
+    """Runs one round of the plan; returns the EDGEKIT-COLLECT document."""
+    keep = plan.get("keep_dir")
+    keep = os.path.join(HOME, os.path.expanduser(keep)) if keep else profile_keep_dir()
+    bad = [s[0] for s in plan.get("remove", []) + plan.get("pack", []) if not _safe(s[0])]
+    if bad:
+        raise Problem(f"refused: a frame name outside the keep dir ({bad[0][:80]})")
+    problems = []
+    out = {"keep_dir": keep, "removed": remove(keep, plan.get("remove", []), problems)}
+    todo = list(plan.get("pack", []))
+    if plan.get("list"):
         clean_outgoing()
-        frames, incomplete = scan(keep) if os.path.isdir(keep) else ([], 0)
-        emit({"keep_dir": keep, "exists": os.path.isdir(keep), "frames": frames,
-              "incomplete": incomplete})
-        return 0
-    if mode == "apply" and len(argv) == 3 and _safe(argv[2]):
-        path = os.path.join(HOME, argv[1])  # relative: to the home folder, like ssh
-        with open(path, encoding="utf-8") as f:
-            plan = json.load(f)
-        os.unlink(path)
-        keep, problems = plan["keep_dir"], []
-        bad = [s[0] for s in plan["remove"] + plan["pack"] if not _safe(s[0])]
-        if bad:
-            emit({"error": f"refused: a frame name outside the keep dir ({bad[0][:80]})"})
-            return 1
-        removed = remove(keep, plan["remove"], problems)
-        packed, total = [], 0
-        if plan["pack"]:
-            os.makedirs(OUTGOING, exist_ok=True)
-            packed, total = pack(keep, plan["pack"], argv[2], problems)
-        emit({"removed": removed, "packed": packed, "bytes": total, "problems": problems})
-        return 0
-    print("usage: collect_remote.py list [--keep-dir DIR] | apply PLAN.json STAGE",
-          file=sys.stderr)
-    return 2
+        out["exists"] = os.path.isdir(keep)
+        out["frames"], out["incomplete"] = scan(keep) if out["exists"] else ([], 0)
+        if plan.get("home") is not None:
+            todo += home_todo(out["frames"], plan["home"], int(plan.get("limit", 1)))
+    out["packed"], out["bytes"] = [], 0
+    if todo:
+        os.makedirs(OUTGOING, exist_ok=True)
+        out["packed"], out["bytes"] = pack(keep, todo, stage, problems)
+    out["problems"] = problems
+    return out
+
+
+def main(argv: list) -> int:
+    if len(argv) != 2 or argv[0] != "apply" or not _safe(argv[1]):
+        print("usage: collect_remote.py apply STAGE (a plan appended)", file=sys.stderr)
+        return 2
+    try:
+        emit(apply(read_plan(), argv[1]))
+    except Problem as e:
+        emit({"error": str(e)})
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -221,9 +221,10 @@ def ansible_env(target: Target, home: Path) -> dict[str, str]:
 
 
 def ansible(target: Target, playbook: Path, work: Path, variables: dict[str, Any],
-            forks: int = 10, log=None, timeout_s: float = 3600) -> int:
-    """Runs ``playbook`` on ``target``'s hosts with ``variables`` (passed as a file: plans
-    can be large); returns ansible-playbook's exit status."""
+            forks: int = 10, log=None, timeout_s: float = 3600,
+            env: dict[str, str] | None = None) -> int:
+    """Runs ``playbook`` on ``target``'s hosts with ``variables`` (passed as a file) and
+    ``env`` added to its environment; returns ansible-playbook's exit status."""
     if target.ssh_key is not None and not target.ssh_key.is_file():
         raise EdgekitError(f"SSH key not found: {target.ssh_key}")
     inventory = _inventory(target, work)
@@ -235,7 +236,8 @@ def ansible(target: Target, playbook: Path, work: Path, variables: dict[str, Any
         cmd += ["--private-key", str(target.ssh_key)]
     if target.ssh_args:
         cmd += ["--ssh-common-args", target.ssh_args]
-    p = subprocess.run(cmd, env=ansible_env(target, work / "ansible"), stdout=log,
+    p = subprocess.run(cmd, env={**ansible_env(target, work / "ansible"), **(env or {})},
+                       stdout=log,
                        stderr=subprocess.STDOUT if log else None, timeout=timeout_s)
     return p.returncode
 

@@ -1,0 +1,1 @@
+"""Ansible plugins of the deploy tool (loaded by ansible-playbook from this folder)."""
