@@ -160,7 +160,10 @@ $(DEPLOY_STAMP): pyproject.toml | $(STAMP)
 DEPLOY_TARGET = $(if $(INVENTORY),--inventory $(INVENTORY),--host $(HOST) $(if $(PORT),--port $(PORT))) \
 	$(if $(SSH_KEY),--ssh-key $(SSH_KEY)) $(if $(SERIAL),--serial $(SERIAL)) \
 	$(if $(MAX_FAIL),--max-fail-percent $(MAX_FAIL))
-.PHONY: deploy rollback test-deploy
+CONNECT = $(if $(INVENTORY),--inventory $(INVENTORY),--host $(HOST) $(if $(PORT),--port $(PORT))) \
+	$(if $(SSH_KEY),--ssh-key $(SSH_KEY)) $(if $(filter 1 yes true,$(ACCEPT_NEW_HOST_KEY)),--accept-new-host-key)
+DEPLOY_TARGET += $(if $(filter 1 yes true,$(ACCEPT_NEW_HOST_KEY)),--accept-new-host-key)
+.PHONY: deploy rollback collect test-deploy
 deploy: setup $(DEPLOY_STAMP) ## model to a device or fleet: make deploy HOST=user@host|INVENTORY=hosts.ini CONFIG=... MODEL=... [PORT= SSH_KEY= WHEELHOUSE=]
 	$(if $(HOST)$(INVENTORY),,$(error HOST or INVENTORY is not set: make deploy HOST=user@host CONFIG=device_configs/NAME.yaml MODEL=m.tflite))
 	$(call require,CONFIG,make deploy HOST=user@host CONFIG=device_configs/NAME.yaml MODEL=m.tflite)
@@ -170,6 +173,11 @@ deploy: setup $(DEPLOY_STAMP) ## model to a device or fleet: make deploy HOST=us
 rollback: setup $(DEPLOY_STAMP) ## previous release on a device or fleet: make rollback HOST=user@host|INVENTORY=hosts.ini [PORT= SSH_KEY=]
 	$(if $(HOST)$(INVENTORY),,$(error HOST or INVENTORY is not set: make rollback HOST=user@host))
 	$(PY) -m deploy rollback $(DEPLOY_TARGET) $(ARGS)
+
+collect: setup $(DEPLOY_STAMP) ## kept frames home: make collect HOST=user@host|INVENTORY=hosts.ini OUT=field/ [PORT= SSH_KEY= KEEP_DIR= ACCEPT_NEW_HOST_KEY=1 ARGS=--remove]
+	$(if $(HOST)$(INVENTORY),,$(error HOST or INVENTORY is not set: make collect HOST=user@host OUT=field/))
+	$(call require,OUT,make collect HOST=user@host OUT=field/)
+	$(PY) -m deploy collect $(CONNECT) --out $(OUT) $(if $(KEEP_DIR),--keep-dir $(KEEP_DIR)) $(ARGS)
 
 test-deploy: setup $(DEPLOY_STAMP) ## deploy tests against real sshd on 127.0.0.1 (root; installs openssh-server; ~10 min)
 	@test -x /usr/sbin/sshd || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null); } || echo "openssh-server not installed: the deploy tests will be skipped"
