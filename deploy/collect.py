@@ -75,6 +75,12 @@ def safe_name(host: str) -> str:
     return "_" + name if name.startswith(".") else name
 
 
+def _safe_stem(stem: object) -> bool:
+    """A relative name without '..', empty or hidden parts (kept frames' names are)."""
+    return (isinstance(stem, str) and not stem.startswith("/") and "\\" not in stem
+            and all(p and not p.startswith(".") for p in stem.split("/")))
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -153,6 +159,10 @@ class _Plan:
         self.todo: list[list] = []
         self.listed: dict[str, list] = {}
         for stem, jsize, ssize in frames:
+            if not _safe_stem(stem):  # a device names paths under OUT/<host> only
+                result.problems.append(f"{str(stem)[:80]!r}: not a kept frame's name, "
+                                       "not collected")
+                continue
             self.listed[stem] = [stem, jsize, ssize]
             jpg, side = home / f"{stem}.jpg", home / f"{stem}.json"
             have = (_size(jpg), _size(side))
@@ -215,6 +225,8 @@ def _unpack(tar_path: Path, packed: list, plan: _Plan) -> None:
     except (tarfile.TarError, OSError, EOFError):
         pass  # a damaged batch: the pairs missing below are named and fetched next run
     for stem, jsha, ssha in packed:
+        if stem not in plan.listed:  # not asked for (or refused at listing): never written
+            continue
         why = ""
         for ext, want in ((".jpg", jsha), (".json", ssha)):  # the sidecar last, as on the device
             data = members.get(stem + ext)

@@ -323,3 +323,26 @@ def test_keep_dir_comes_from_the_active_release(devices, ssh_args, tmp_path):
     finally:
         dev.reset()
         shutil.rmtree(dev.home / "field-keep", ignore_errors=True)
+
+
+def test_unreachable_causes_are_named_with_the_fix():
+    """ssh's messages as ansible reports them, without a device."""
+    from deploy.core import describe_unreachable
+
+    changed = ("Failed to connect to the host via ssh: @@@@ WARNING: REMOTE HOST "
+               "IDENTIFICATION HAS CHANGED! @@@@\r\nHost key verification failed.")
+    assert describe_unreachable(changed, "10.0.0.7", 2222) == (
+        "host key of 10.0.0.7:2222 changed (the device was reinstalled, or someone is in "
+        "between): if expected, ssh-keygen -R '[10.0.0.7]:2222' -f ~/.ssh/known_hosts, then "
+        "add the new key")
+    unknown = "Failed to connect to the host via ssh: Host key verification failed."
+    assert describe_unreachable(unknown, "pi.local", None,
+                                "-o UserKnownHostsFile=/tmp/kh -o BatchMode=yes") == (
+        "host key of pi.local:22 not known: add it with ssh-keyscan -p 22 pi.local >> "
+        "/tmp/kh (or connect once with ssh), or accept it on first contact with "
+        "--accept-new-host-key (make: ACCEPT_NEW_HOST_KEY=1)")
+    assert describe_unreachable("ssh: connect to host 10.0.0.7 port 22: Connection refused",
+                                "10.0.0.7", "22") == (
+        "unreachable: connection refused at 10.0.0.7:22 (no sshd there, or another port)")
+    assert describe_unreachable("pi@10.0.0.7: Permission denied (publickey).", "10.0.0.7",
+                                22).startswith("unreachable: SSH login to 10.0.0.7:22 refused")
