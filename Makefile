@@ -192,3 +192,11 @@ monitor: setup $(DEPLOY_STAMP) ## Prometheus config, alert rules, Grafana dashbo
 test-monitor: setup $(DEPLOY_STAMP) ## monitor tests: promtool rules tests, a real Prometheus scraping 3 daemons (root installs prometheus; ~1 min)
 	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null); } || echo "prometheus not installed: the monitor tests will be skipped"
 	$(PY) -m pytest -q -p no:cacheprovider device_tests/monitor $(ARGS)
+
+# The field loop on generated data (benchmarks/field_demo.py): the daemon keeps frames of a
+# field video, collect brings them home over a loopback sshd, labels from the generator's
+# truth, v2 retrained and compared with v1. FAST=1 is the CI form (fewer epochs, looser goals).
+.PHONY: field-demo
+field-demo: setup $(DEPLOY_STAMP) ## field loop: keep, collect, label, retrain, compare v1/v2: [FAST=1] [ARGS=--strict]
+	@test -x /usr/sbin/sshd || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null); } || echo "openssh-server not installed: the demo copies kept frames locally instead of collecting them"
+	$(PY) -m benchmarks.field_demo $(if $(FAST),--fast,--train-args "$(DEMO_TRAIN)") $(ARGS)

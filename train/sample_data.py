@@ -9,7 +9,7 @@ scale, position, blur, sensor noise and JPEG compression. The same seed always w
 same files. ``--field`` draws the same classes as a deployed camera would meet them and
 the sample set never shows: saturated striped, checked or dark backgrounds, a strong
 colour cast (tungsten, fluorescent, shade), low light with more sensor noise, and smaller
-objects; its video (default 720 frames) shows the classes in turn in 4-second scenes,
+objects; its video (default 1440 frames) shows the classes in turn in 4-second scenes,
 each scene with its own background and light. Output::
 
     DIR/images/<class>/<class>_0000.jpg ...
@@ -35,7 +35,7 @@ CLASSES = {"circle": 0, "square": 110, "star": 25, "triangle": 60}
 IMAGE_SIZE = 160
 VIDEO_SIZE = (320, 240)
 VIDEO_FPS = 15
-FIELD_FRAMES = 720  # the field video's default length (48 s at 15 fps)
+FIELD_FRAMES = 1440  # the field video's default length (96 s at 15 fps: 24 scenes)
 FIELD_SCENE = 60  # frames per scene in the field video (4 s)
 # Colour casts of field light, as B, G, R gains: tungsten, cool shade, fluorescent green.
 CASTS = ((0.55, 0.85, 1.3), (1.35, 1.0, 0.6), (0.8, 1.3, 0.75))

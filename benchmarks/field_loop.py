@@ -1,0 +1,203 @@
+"""Helpers of the field demo (:mod:`benchmarks.field_demo`): a loopback SSH server to
+collect from, labels from the generator's truth, folders of held-out images, and drift
+replayed from the daemon's JSON lines. numpy/stdlib and edge_runtime only (no train)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from edge_runtime.errors import EdgekitError
+from edge_runtime.fileio import write_text
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LoopbackSSH:
+    """An OpenSSH server on 127.0.0.1 as the current user, with keys made for it: the
+    "device" that ``deploy collect`` reaches, as in device_tests/deploy.
+
+    ``with LoopbackSSH(folder) as ssh:`` gives ``host``, ``port``, ``key`` and
+    ``ssh_args``; the server is stopped on exit.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.user = getpass.getuser()
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def why_not() -> str | None:
+        """Why no loopback sshd can run here, or None."""
+        if not SSHD.is_file():
+            return f"no {SSHD} (apt install openssh-server)"
+        if shutil.which("ssh-keygen") is None or shutil.which("ssh") is None:
+            return "no ssh or ssh-keygen on PATH"
+        return None
+
+    @property
+    def host(self) -> str:
+        return f"{self.user}@127.0.0.1"
+
+    @property
+    def key(self) -> Path:
+        return self.folder / "client"
+
+    @property
+    def ssh_args(self) -> str:
+        return (f"-o UserKnownHostsFile={self.folder / 'known_hosts'} "
+                "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o BatchMode=yes")
+
+    def __enter__(self) -> LoopbackSSH:
+        d = self.folder
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True, mode=0o700)
+        for name in ("host", "client"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                           check=True, timeout=30, capture_output=True)
+        shutil.copy(d / "client.pub", d / "authorized_keys")
+        self.port = _free_port()
+        root = "prohibit-password" if os.geteuid() == 0 else "no"
+        conf = d / "sshd_config"
+        # StrictModes off: the key files live under the demo's output folder, whose
+        # parents this throwaway server has no business judging.
+        conf.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
+            f"PidFile {d / 'sshd.pid'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+            f"AllowUsers {self.user}\nPermitRootLogin {root}\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            "Subsystem sftp internal-sftp\nMaxStartups 50\nMaxSessions 50\nLogLevel ERROR\n")
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+        self.proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        self._wait()
+        hostpub = (d / "host.pub").read_text().split()[:2]
+        (d / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {' '.join(hostpub)}\n")
+        return self
+
+    def _wait(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EdgekitError(f"sshd exited with {self.proc.returncode}: "
+                                   f"{self.proc.stderr.read().strip()[:300]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise EdgekitError(f"sshd did not listen on 127.0.0.1:{self.port} within {timeout} s")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def kept_pairs(folder: Path) -> list[Path]:
+    """Complete kept frames under ``folder`` (a JPEG with its sidecar; no temp files)."""
+    return sorted(p for p in folder.rglob("*.jpg")
+                  if not p.name.startswith(".") and p.with_suffix(".json").is_file())
+
+
+def copy_pairs(keep: Path, out: Path) -> int:
+    """Copies kept pairs from ``keep`` to ``out/local/`` (the demo's stand-in for collect
+    where no sshd can run); returns how many."""
+    pairs = kept_pairs(keep)
+    for jpg in pairs:
+        for src in (jpg, jpg.with_suffix(".json")):
+            dest = out / "local" / src.relative_to(keep)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+    return len(pairs)
+
+
+def truth_labels(field: Path, video_labels: Path, out_csv: Path) -> dict[str, int]:
+    """Writes ``labels.csv`` (``path,label``, paths relative to ``field``) for every
+    collected frame from the generator's truth: line ``frame`` of ``video_labels``
+    (the sidecar's ``frame``, counted from 0, wrapping when the video looped).
+
+    Returns:
+        frames per label.
+    """
+    truth = video_labels.read_text(encoding="utf-8").split()
+    if not truth:
+        raise EdgekitError(f"no labels in {video_labels}")
+    rows, counts = ["path,label"], {}
+    for jpg in kept_pairs(field):
+        try:
+            frame = int(json.loads(jpg.with_suffix(".json").read_text())["frame"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise EdgekitError(f"{jpg.with_suffix('.json')}: no frame number") from None
+        label = truth[frame % len(truth)]
+        rows.append(f"{jpg.relative_to(field).as_posix()},{label}")
+        counts[label] = counts.get(label, 0) + 1
+    write_text(out_csv, "\n".join(rows) + "\n")
+    return counts
+
+
+def materialize(root: Path, items: list, classes: list[str], out: Path) -> int:
+    """Copies ``items`` ((path relative to ``root``, class index)) into ``out/<class>/``
+    with their sidecars, for ``benchmarks compare --data``; returns the count."""
+    shutil.rmtree(out, ignore_errors=True)
+    for rel, ci in items:
+        src = root / rel
+        dest = out / classes[int(ci)] / Path(rel).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+        if src.with_suffix(".json").is_file():
+            shutil.copy2(src.with_suffix(".json"), dest.with_suffix(".json"))
+    return len(items)
+
+
+def drift_replay(model: Path, jsonl: Path, window: int = 300) -> dict | None:
+    """The daemon's drift over a run, replayed from its JSON lines: each frame's raw
+    top-1 into a :class:`edge_runtime.drift.DriftMonitor` from the model's own baseline
+    (what the daemon's monitor computed, frame by frame; its default window).
+
+    Returns:
+        ``{"frames", "max", "final", "first_alert_frame"}``, or None when the model
+        carries no drift baseline.
+    """
+    from edge_runtime.drift import DriftMonitor
+    from edge_runtime.metadata import read_embedded_manifest
+
+    manifest = read_embedded_manifest(model)
+    mon = DriftMonitor.from_manifest(manifest or {}, window=window, model=model.name)
+    if mon is None:
+        return None
+    frames, peak, first, state = 0, 0.0, None, None
+    for line in jsonl.read_text(encoding="utf-8").splitlines():
+        try:
+            raw = json.loads(line)["raw"]
+            mon.update(int(raw["index"]), float(raw["score"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a status line or a frame without a raw answer
+        frames += 1
+        state = mon.snapshot()
+        peak = max(peak, state.value)
+        if state.alert and first is None:
+            first = frames
+    return {"frames": frames, "max": round(peak, 3),
+            "final": None if state is None else round(state.value, 3),
+            "first_alert_frame": first}
