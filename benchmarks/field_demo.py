@@ -230,8 +230,9 @@ def run(demo: Demo) -> dict:
 def goals(r: dict, fast: bool) -> dict[str, bool]:
     """Each goal of the module docstring: met or not."""
     g = GOALS[fast]
-    gain = 100 * (r["field_test"]["v2"] - r["field_test"]["v1"])
-    drop = 100 * (r["original_test"]["v1"] - r["original_test"]["v2"])
+    # Rounded: 100 * (1.0 - 0.99) is 1.0000000000000009, more than a 1-point goal.
+    gain = round(100 * (r["field_test"]["v2"] - r["field_test"]["v1"]), 6)
+    drop = round(100 * (r["original_test"]["v1"] - r["original_test"]["v2"]), 6)
     out = {f"field test top-1 up >= {g['field_gain']:g} points": gain >= g["field_gain"],
            f"original test top-1 within {g['original_drop']:g} point(s)":
                drop <= g["original_drop"]}
