@@ -40,15 +40,16 @@ def _sample(d: DaemonProcess) -> tuple[float, float, float]:
     text = body.decode()
     frames = float(re.search(r"^edgekit_frames_total (\S+)", text, re.M).group(1))
     cpu = float(re.search(r"^process_cpu_seconds_total (\S+)", text, re.M).group(1))
-    return time.monotonic(), frames, cpu
+    viewers = float(re.search(r"^edgekit_stream_clients (\S+)", text, re.M).group(1))
+    return time.monotonic(), frames, cpu, viewers
 
 
 def _span(d: DaemonProcess, seconds: float) -> dict:
-    t0, f0, c0 = _sample(d)
+    t0, f0, c0, _ = _sample(d)
     time.sleep(seconds)
-    t1, f1, c1 = _sample(d)
+    t1, f1, c1, viewers = _sample(d)
     return {"fps": round((f1 - f0) / (t1 - t0), 2),
-            "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1)}
+            "cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 1), "stream_clients": int(viewers)}
 
 
 def _polls_only(url: str, stop: threading.Event) -> None:
