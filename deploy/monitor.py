@@ -195,6 +195,9 @@ def describe_host(name: str, hv: dict[str, Any], groups: list[str], base: Path,
     else:
         sha = ""
     token = hv.get("edgekit_http_token") or defaults.token or (cfg.http.token if cfg else None)
+    if isinstance(token, dict):  # ansible-inventory shows a vaulted value, not its plaintext
+        raise EdgekitError("edgekit_http_token is vault-encrypted: give the token with "
+                           "--token-file (or EDGEKIT_HTTP_TOKEN) instead")
     return Host(name, address, port, tuple(groups), cfg.name if cfg else "", sha,
                 str(token) if token else None, tuple(notes))
 
