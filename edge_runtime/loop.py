@@ -268,7 +268,9 @@ class Daemon:
         # Per-frame cost: from the hand-off (or the frame's arrival, if we waited) to the
         # result handed to every output; the frame's age is taken when the result is ready.
         self.metrics.observe(invoke_ms / 1000.0, time.monotonic() - max(t0, frame.t),
-                             age_ms / 1000.0, raw)
+                             age_ms / 1000.0)
+        if raw is not None:
+            self.metrics.observe_top1(raw)
         self.count += 1
         self.total_invoke_ms += invoke_ms
 

@@ -91,13 +91,16 @@ class Metrics:
         self.streaming: Any = None  # the MjpegEncoder, for the number of stream viewers
         self._registry: Any = None
 
-    def observe(self, invoke_s: float, cost_s: float, age_s: float, top1: Any = None) -> None:
-        """Records one classified frame (``top1``: the model's raw top class, or None)."""
+    def observe_top1(self, top1: Any) -> None:
+        """Records the model's raw top class of one frame (a ``Class``: label, score)."""
+        with self.lock:
+            self.top1.observe(top1.score)
+            self.predictions[top1.label] += 1
+
+    def observe(self, invoke_s: float, cost_s: float, age_s: float) -> None:
+        """Records one classified frame."""
         now = time.monotonic()
         with self.lock:
-            if top1 is not None:
-                self.top1.observe(top1.score)
-                self.predictions[top1.label] += 1
             self.frames += 1
             self.inference.observe(invoke_s)
             self.frame_cost.observe(cost_s)

@@ -119,7 +119,7 @@ def test_metrics_text_format():
     rss = [ln for ln in text.splitlines() if ln.startswith("process_resident_memory_bytes ")]
     assert rss and float(rss[0].split()[1]) > 10e6, rss
     for line in text.splitlines():
-        assert line.startswith("# ") or re.fullmatch(r'[a-z_]+(\{[^}]*\})? [-0-9.e+]+', line), line
+        assert line.startswith("# ") or re.fullmatch(r'\w+(\{[^}]*\})? [-0-9.e+]+', line), line
     assert "edgekit_seconds_since_last_result -1.0" in Metrics().render().splitlines()
 
 

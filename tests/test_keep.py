@@ -391,8 +391,8 @@ def test_kept_frames_need_a_token_and_refuse_traversal(tmp_path):
 
 def test_metrics_names_of_the_field_loop(tmp_path):
     m = Metrics()
-    m.observe(0.01, 0.01, 0.01, Class(1, "dog", 0.93))
-    m.observe(0.01, 0.01, 0.01, Class(0, "cat", 0.42))
+    m.observe_top1(Class(1, "dog", 0.93))
+    m.observe_top1(Class(0, "cat", 0.42))
     text = m.render()
     assert 'edgekit_predictions_total{label="dog"} 1.0' in text.splitlines()
     assert 'edgekit_top1_confidence_bucket{le="0.5"} 1.0' in text.splitlines()
