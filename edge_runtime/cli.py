@@ -448,7 +448,7 @@ def _start_keeper(cfg, clf, source):
     from .keep import Keeper, file_fps
     from .redact import redact
 
-    keep_dir = Path(cfg.keep.dir)
+    keep_dir = Path(cfg.keep.dir).expanduser()
     try:
         keep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

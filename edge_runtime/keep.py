@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import hashlib
 import logging
 import queue
 import random
@@ -37,6 +36,7 @@ import numpy as np
 
 from .classify import top_k
 from .errors import EdgekitError
+from .fileio import file_sha256
 from .keep_settings import REASONS, KeepSettings
 from .keepstore import KeepStore, stem_for
 
@@ -348,14 +348,10 @@ class Keeper:
             return None
         key = (str(path), st.st_size, st.st_mtime_ns)
         if key not in self._sha:
-            h = hashlib.sha256()
             try:
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
+                self._sha[key] = file_sha256(path)
             except OSError:
                 return None
-            self._sha[key] = h.hexdigest()
         return self._sha[key]
 
 

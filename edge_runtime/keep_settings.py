@@ -23,7 +23,7 @@ class KeepSettings:
     replay keeps what the camera would have; a live camera: its monotonic time).
 
     Attributes:
-        dir: the keep folder (None: keeping is off).
+        dir: the keep folder, ``~`` expanded (None: keeping is off).
         device: the name written in each sidecar (None: the hostname).
         low_confidence: keep when the model's top-1 score is below this (0: off).
         near_threshold: keep when the reported (smoothed) score is within this of

@@ -80,7 +80,7 @@ class KeepStore:
     """
 
     def __init__(self, root: str | Path, quota_bytes: int) -> None:
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         self.quota_bytes = quota_bytes
         self.bytes = 0
         self._pairs: collections.deque[tuple[str, int]] = collections.deque()  # (rel, bytes)
