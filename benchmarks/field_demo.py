@@ -2,7 +2,7 @@
 
 Usage:
     python -m benchmarks.field_demo [--out runs/field-demo] [--fast] [--strict]
-                                    [--train-args "..."] [--sample-frames N]
+                                    [--train-args "..."] [--sample-frames N] [--v1 RUN]
 
 Steps: sample data and its field variant (``train.sample_data --field``: backgrounds,
 light and scale the sample set lacks); train v1 on the sample images and convert it;
@@ -19,7 +19,9 @@ table and writes ``OUT/field_demo.json``.
 Goals: field top-1 up by >= 10 points, the original test split within 1 point; drift
 flags the field video within 300 frames and never the sample video. ``--fast`` (CI:
 fewer epochs, a shorter sample loop) has looser goals: field +5 points, original within
-5. ``--strict`` exits 1 when a goal is missed.
+5. ``--strict`` exits 1 when a goal is missed. ``--v1 RUN`` uses a run already trained
+on the sample images with the demo's seed (e.g. ``runs/demo`` after ``make demo``; its
+export is made when missing) instead of training v1 again.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ from . import field_loop as fl
 # The Makefile's DEMO_TRAIN (make field-demo passes it with --train-args).
 FULL_TRAIN = ("--weights none --alpha 0.35 --img-size 96 --epochs 60 --patience 15 "
               "--batch-size 32 --learning-rate 3e-3")
+# CI: no augmentation pilot, 15 epochs at batch 16 (as many steps as the tests' tiny run).
 FAST_TRAIN = ("--weights none --alpha 0.35 --img-size 96 --epochs 15 --patience 15 "
-              "--batch-size 32 --learning-rate 3e-3 --augment none")
+              "--batch-size 16 --learning-rate 3e-3 --augment none")
 # The field video's scenes last 4 s of its own clock: one device/time group each.
 FIELD_BLOCK_S = 4
 # Keeping as the profile's defaults say, except: no per-minute/hour/day caps (a 96 s replay
@@ -64,6 +67,7 @@ class Demo:
     fast: bool
     train_args: list[str]
     sample_frames: int
+    v1: Path | None = None
     steps: list[dict] = field(default_factory=list)
     results: dict = field(default_factory=dict)
 
@@ -110,6 +114,18 @@ def _train_convert(demo: Demo, name: str, data: Path, extra: tuple[str, ...] = (
               *demo.train_args, *extra, "--force")
     demo.step(f"convert {name}", "convert", str(run), "--variants", "float32,int8")
     return run / "export" / "model_int8.tflite"
+
+
+def _reuse(demo: Demo, run: Path) -> Path:
+    """v1 from an existing run (converted here when its int8 model is missing)."""
+    if not (run / "manifest.json").is_file():
+        raise EdgekitError(f"--v1 {run}: not a training run (no manifest.json)")
+    model = run / "export" / "model_int8.tflite"
+    if model.is_file():
+        demo.note("v1", f"reusing {model} (--v1)")
+    else:
+        demo.step("convert v1", "convert", str(run), "--variants", "float32,int8")
+    return model
 
 
 def _daemon(demo: Demo, title: str, model: Path, video: Path, jsonl: Path,
@@ -195,7 +211,11 @@ def run(demo: Demo) -> dict:
     t0 = time.monotonic()
     demo.out.mkdir(parents=True, exist_ok=True)
     sample, fieldsrc = _data(demo)
-    v1 = _train_convert(demo, "v1", sample / "images")
+    if demo.v1 is None:
+        demo.v1 = demo.out / "v1"
+        v1 = _train_convert(demo, "v1", sample / "images")
+    else:
+        v1 = _reuse(demo, demo.v1)
     keep, home = demo.out / "device" / "keep", demo.out / "field"
     shutil.rmtree(keep, ignore_errors=True)
     r = demo.results
@@ -212,7 +232,7 @@ def run(demo: Demo) -> dict:
     v2 = _train_convert(demo, "v2", dataset, ("--field-block-seconds", str(FIELD_BLOCK_S)))
     r["drift_v2_field"] = _daemon(demo, "daemon: v2 on the field video", v2,
                                   fieldsrc / "video.avi", demo.out / "v2-field.jsonl")
-    ftest, otest = _held_out(demo, demo.out / "v1", demo.out / "v2")
+    ftest, otest = _held_out(demo, demo.v1, demo.out / "v2")
     r["field_test"] = _compare(demo, "field-test", v1, v2, ftest)
     r["original_test"] = _compare(demo, "original-test", v1, v2, otest)
     r["field_images"] = _compare(demo, "field-images", v1, v2, fieldsrc / "images")
@@ -290,10 +310,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="frames of the looped sample video for the drift check (default "
                         "9000 = 10 minutes at 15 fps; --fast: 1200)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    p.add_argument("--v1", type=Path, default=None, metavar="RUN",
+                   help="a run already trained on the sample images to use as v1")
     args = p.parse_args(argv)
     demo = Demo(args.out, args.fast,
                 shlex.split(args.train_args or (FAST_TRAIN if args.fast else FULL_TRAIN)),
-                args.sample_frames or (1200 if args.fast else 9000))
+                args.sample_frames or (1200 if args.fast else 9000), args.v1)
     r = run(demo)
     print(table(r))
     return EXIT_ERROR if args.strict and not all(r["goals"].values()) else EXIT_OK

@@ -35,7 +35,7 @@ class LoopbackSSH:
     """
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
+        self.folder = folder.resolve()  # sshd re-executes itself: relative paths break
         self.user = getpass.getuser()
         self.port = 0
         self.proc: subprocess.Popen | None = None

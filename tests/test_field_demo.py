@@ -81,8 +81,9 @@ def test_goals_and_table():
 
 @pytest.mark.slow  # key generation and two logins: ~5 s on a loaded 2-core machine
 @pytest.mark.skipif(fl.LoopbackSSH.why_not() is not None, reason="no sshd/ssh here")
-def test_loopback_sshd_accepts_its_key_only(tmp_path):
-    with fl.LoopbackSSH(tmp_path / "ssh") as ssh:
+def test_loopback_sshd_accepts_its_key_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative folder (sshd re-executes itself: made absolute)
+    with fl.LoopbackSSH(Path("ssh")) as ssh:
         base = ["ssh", "-p", str(ssh.port), *shlex.split(ssh.ssh_args), ssh.host]
         ok = subprocess.run([*base[:1], "-i", str(ssh.key), *base[1:], "echo", "hi"],
                             capture_output=True, text=True, timeout=30)
