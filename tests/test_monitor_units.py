@@ -73,7 +73,7 @@ def test_rules_and_dashboard_name_metrics_the_daemon_exports():
     exprs += dashboard_exprs(dashboard())
     used = {re.sub(r"_(total|bucket|sum|count)$", "", n)
             for e in exprs for n in re.findall(r"\b(edgekit_[a-z0-9_]+)", e)}
-    assert used - exported == PENDING, used - exported
+    assert used - exported <= PENDING, used - exported  # a renamed metric breaks a rule
     for rule in alert_rules()["groups"][0]["rules"]:
         assert rule["labels"]["severity"] in ("critical", "warning")
         assert "{{ $labels.host }}" in rule["annotations"]["summary"]
