@@ -62,6 +62,26 @@ wheel: ## the wheel a device installs (dist/edgekit_classify-*.whl; README: On y
 test-slow: setup ## the slow tests make test leaves out: each trains or converts a model of its own
 	$(PY) -m pytest -q tests -m slow || [ $$? -eq 5 ]  # 5: none marked slow
 
+# The IMX500 converter's own environment: Python 3.11, TF 2.15 / Keras 2, MCT (the converter
+# pins numpy < 2); never mixed into .venv. Keyed by the requirements file's hash, so it is
+# re-made only when that file changes (not when git touches its mtime).
+IMX500_PYTHON ?= python3.11
+IMX500_VENV   := .venv-imx500
+IMX500_REQ    := convert/imx500_requirements.txt
+
+.PHONY: imx500-env test-imx500
+imx500-env: ## the IMX500 converter's pinned environment (.venv-imx500; Java 17 via apt-get when root)
+	@command -v java >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; } || echo "java not found: install Java 17 (apt-get install openjdk-17-jre-headless); imxconv-tf needs it"
+	@key=$$(sha256sum $(IMX500_REQ) | cut -c1-16); \
+	if [ "$$(cat $(IMX500_VENV)/.key 2>/dev/null)" = "$$key" ]; then echo "$(IMX500_VENV) up to date ($$key)"; exit 0; fi; \
+	command -v $(IMX500_PYTHON) >/dev/null 2>&1 || { echo "$(IMX500_PYTHON) not found: the IMX500 converter needs Python 3.11 (apt-get install python3.11-venv, or IMX500_PYTHON=/path/to/python3.11)" >&2; exit 1; }; \
+	rm -rf $(IMX500_VENV) && $(IMX500_PYTHON) -m venv $(IMX500_VENV) && \
+	$(IMX500_VENV)/bin/python -m pip install --disable-pip-version-check -q -r $(IMX500_REQ) && \
+	echo "$$key" > $(IMX500_VENV)/.key && echo "made $(IMX500_VENV) ($$key)"
+
+test-imx500: setup imx500-env ## the real IMX500 conversion (slow): tiny run -> packerOut.zip, top-1 vs float32
+	$(PY) -m pytest -q tests/test_imx500_convert.py
+
 .PHONY: test-arm64
 test-arm64: setup ## device tests on an emulated Raspberry Pi 4 (arm64 under qemu-user; root; skips without)
 	$(PY) device_tests/arm64/run.py $(ARGS)
