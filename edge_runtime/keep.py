@@ -258,8 +258,9 @@ class Keeper:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Writes what is queued (at most ``timeout`` s), then stops the writer."""
+    def stop(self, timeout: float = 1.0) -> None:
+        """Writes what is queued (for at most ``timeout`` s: a stalled disk must not hold
+        up a SIGTERM, which stops the daemon within 2 s), then stops the writer."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)

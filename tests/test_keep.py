@@ -144,7 +144,7 @@ def test_file_limits_count_source_time_not_wall_time():
     k = keeper(replace(OFF, classes=("cat",), max_per_minute=3, queue=1000)).start()
     for seq in range(1200):
         k.offer(FakeFrame(noise(0), seq), np.array([1.0, 0, 0]), result())
-    k.stop()
+    k.stop(timeout=30)
     frames = [p[2]["frame"] for p in k.store.pairs]
     assert frames == [0, 1, 2, 600, 601, 602]
     assert k.dropped[("class", "rate_limit")] == 1200 - 6
@@ -155,7 +155,7 @@ def test_max_per_minute_zero_lifts_the_limit():
     k = keeper(replace(OFF, classes=("cat",), queue=1000)).start()
     for seq in range(300):
         k.offer(FakeFrame(noise(seq), seq), np.array([1.0, 0, 0]), result())
-    k.stop()
+    k.stop(timeout=30)
     assert len(k.store.pairs) == 300 and not k.dropped
 
 
@@ -164,7 +164,7 @@ def test_live_source_is_timed_by_the_capture_clock():
     t0 = k._t0
     for i, t in enumerate((1.0, 30.0, 61.5)):
         k.offer(FakeFrame(noise(i), 1000 + i, t0 + t), np.array([1.0, 0, 0]), result())
-    k.stop()
+    k.stop(timeout=30)
     assert [p[2]["source_time_s"] for p in k.store.pairs] == [1.0, 61.5]
 
 
@@ -179,7 +179,7 @@ def test_static_scene_is_kept_once():
         k.offer(FakeFrame(np.clip(scene + jitter, 0, 255).astype(np.uint8), seq),
                 np.array([1.0, 0, 0]), result())
     k.offer(FakeFrame(noise(8, (240, 320, 3)), 20), np.array([1.0, 0, 0]), result())
-    k.stop()
+    k.stop(timeout=30)
     assert [p[2]["frame"] for p in k.store.pairs] == [0, 20]
     assert k.dropped[("class", "duplicate")] == 19
 
@@ -271,7 +271,7 @@ def test_full_disk_is_one_warning_and_every_drop_counted(caplog):
     with caplog.at_level(logging.INFO, logger="edge_runtime.keep"):
         for seq in range(25):
             k.offer(FakeFrame(noise(seq), seq), np.array([1.0, 0, 0]), result())
-        k.stop()
+        k.stop(timeout=30)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "disk full" in warnings[0].getMessage()
     assert k.counts()["dropped"] == {("class", "disk_full"): 25}
@@ -281,7 +281,7 @@ def test_full_disk_is_one_warning_and_every_drop_counted(caplog):
     k2.start()
     with caplog.at_level(logging.INFO, logger="edge_runtime.keep"):
         k2.offer(FakeFrame(noise(1), 1), np.array([1.0, 0, 0]), result())
-        k2.stop()
+        k2.stop(timeout=30)
     assert k2.failing is None and k2.kept["class"] == 1
 
 
@@ -293,7 +293,7 @@ def test_sidecar_has_the_contract_fields(tmp_path):
     scores = np.array([0.2, 0.7, 0.1], np.float32)
     k.offer(FakeFrame(image, 31), scores, result(raw=(1, 0.7), reported=(0, 0.6)),
             FakeDrift(0.25, False))
-    k.stop()
+    k.stop(timeout=30)
     [side] = list(tmp_path.rglob("*.json"))
     doc = json.loads(side.read_text())
     assert set(doc) == {"time", "source_time_s", "device", "model", "model_sha256", "top",
@@ -401,7 +401,7 @@ def test_metrics_names_of_the_field_loop(tmp_path):
     full = MemoryStore(error=OSError(errno.ENOSPC, "full"))
     k = keeper(replace(OFF, classes=("cat",)), store=full).start()
     k.offer(FakeFrame(noise(0), 0), np.array([1.0, 0, 0]), result())
-    k.stop()
+    k.stop(timeout=30)
     k.kept["class"] += 2
     full.quota_bytes = 5000
     m.keeper, m.drift = k, FakeDrift(1.7, True)

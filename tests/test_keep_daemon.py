@@ -106,7 +106,7 @@ def test_full_disk_never_stops_inference(exported, sample, tmp_path, caplog):
             summary = daemon.run()
         finally:
             cap.stop()
-            keeper.stop()
+            keeper.stop(timeout=30)
     assert summary["frames"] == 60
     dropped = keeper.counts()["dropped"]
     assert set(dropped) <= {("random", "disk_full"), ("random", "queue_full")}
@@ -144,7 +144,7 @@ def test_drift_on_metrics_healthz_sidecars_and_reload(exported, sample, tmp_path
         daemon.run()
     finally:
         cap.stop()
-        keeper.stop()
+        keeper.stop(timeout=30)
     status = daemon.status()
     assert status["drift"] > 1.0 and status["drift_alert"] is True
     text = daemon.metrics.render().splitlines()
