@@ -418,7 +418,9 @@ def _run_daemon(args: argparse.Namespace, stop):
         stack.callback(notifier.stopping)
         keeper = _start_keeper(cfg, clf, source)
         if keeper is not None:
-            stack.callback(keeper.stop)
+            # A normal end (a file, --max-frames) writes every frame it kept; a signal
+            # waits 1 s at most (the daemon stops within 2 s).
+            stack.callback(lambda: keeper.stop(1.0 if stop.event.is_set() else 30.0))
         daemon = Daemon(clf, capture, cfg, writer, stop, args.max_frames, mqtt=mqtt,
                         notifier=notifier, metrics=metrics, keeper=keeper)
         daemon.reloader = lambda: _reload(args)
