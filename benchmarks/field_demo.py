@@ -153,9 +153,11 @@ def _collect(demo: Demo, keep: Path, home: Path) -> str:
                   f"to {home / 'local'}", time.monotonic() - t0)
         return "local copy"
     with fl.LoopbackSSH(demo.out / "ssh") as ssh:
-        args = ("deploy", "collect", "--host", ssh.host, "--port", str(ssh.port),
+        args = ("deploy", "collect", "--inventory", str(ssh.inventory()),
                 "--ssh-key", str(ssh.key), "--ssh-args", ssh.ssh_args,
-                "--keep-dir", str(keep.resolve()), "--out", str(home))
+                # Absolute: ansible's fetch reads a relative dest against the playbook's
+                # folder, not ours.
+                "--keep-dir", str(keep.resolve()), "--out", str(home.resolve()))
         demo.step("collect over a loopback sshd", *args)
         demo.step("collect again (copies nothing)", *args)
     return "deploy collect over ssh"

@@ -62,6 +62,16 @@ class LoopbackSSH:
         return (f"-o UserKnownHostsFile={self.folder / 'known_hosts'} "
                 "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o BatchMode=yes")
 
+    def inventory(self, name: str = "field-device") -> Path:
+        """A one-host Ansible inventory for this server. It names the device's Python:
+        interpreter discovery over a login shell can pick a version manager's shim (pyenv)
+        that does not run there."""
+        python = "/usr/bin/python3" if Path("/usr/bin/python3").is_file() else "auto_silent"
+        path = self.folder / "hosts.ini"
+        path.write_text(f"[edgekit]\n{name} ansible_host=127.0.0.1 ansible_port={self.port} "
+                        f"ansible_user={self.user} ansible_python_interpreter={python}\n")
+        return path
+
     def __enter__(self) -> LoopbackSSH:
         d = self.folder
         shutil.rmtree(d, ignore_errors=True)
