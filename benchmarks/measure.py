@@ -3,7 +3,6 @@ TensorFlow or matplotlib."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.classify import Classifier
+from edge_runtime.fileio import file_sha256
 from edge_runtime.preprocess import ImageError, load_image
 
 from .progress import progress
@@ -51,11 +51,7 @@ def peak_rss_bytes() -> int | None:
 
 def sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file (identifies the exact model a row was measured with)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def measure_latency(model: str | Path, threads: int | None, image: np.ndarray, runs: int = 100,

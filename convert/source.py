@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import EdgekitError
+from edge_runtime.fileio import file_sha256
 from edge_runtime.labels import read_labels
 from edge_runtime.manifest import Manifest, Normalization
 from edge_runtime.runs import Split, load_arrays, load_run, scan, stratified_split
@@ -48,7 +49,7 @@ class Source:
     @staticmethod
     def sha256_of(path: Path) -> str:
         """sha256 of one file."""
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
 
     def test_arrays(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Held-out images through the runtime's preprocessing (empty without data)."""

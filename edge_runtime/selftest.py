@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EdgekitError
+from .fileio import file_sha256
 
 SELFTEST_NAME = "edgekit_selftest"
 SELFTEST_VERSION = 1
@@ -116,15 +117,6 @@ def input_digest(prepared: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(f"{prepared.dtype.str}{list(prepared.shape)}".encode())
     h.update(np.ascontiguousarray(prepared).tobytes())
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
     return h.hexdigest()
 
 
