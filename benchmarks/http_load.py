@@ -43,7 +43,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edge_runtime.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EdgekitError, Parser
+from edge_runtime.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EdgekitError,
+    Parser,
+    float_above,
+    int_at_least,
+)
 from edge_runtime.fileio import atomic_path
 
 EXIT_GOAL_MISSED = 3
@@ -370,18 +378,8 @@ def daemon(model: str, source: str, labels: str | None = None, threads: int = 1,
             proc.kill()
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}, expected >= 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value}, expected > 0")
-    return value
+_positive_int = int_at_least(1)
+_positive_float = float_above(0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,19 +24,12 @@ import argparse
 import os
 import sys
 
-from edge_runtime.errors import EXIT_OK, EdgekitError, Parser, cli_main
+from edge_runtime.errors import EXIT_OK, EdgekitError, Parser, cli_main, int_at_least
 
 _COMMANDS = ("export", "lint")
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+_positive = int_at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,48 +36,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_runtime.errors import EXIT_ERROR, EXIT_OK, Parser, cli_main
+from edge_runtime.errors import (
+    EXIT_ERROR,
+    EXIT_OK,
+    PERCENT,
+    PORT,
+    Parser,
+    cli_main,
+    float_in,
+    int_at_least,
+)
 
-
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text[:40]!r}")
-    return v
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}")
-    return v
-
-
-def _percent(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if not 0 <= v <= 100:
-        raise argparse.ArgumentTypeError(f"expected a percentage 0..100, got {text[:40]!r}")
-    return v
-
-
-def _megabytes(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = 0.0
-    if not 0.001 <= v <= 100000:
-        raise argparse.ArgumentTypeError(f"expected megabytes 0.001..100000, got "
-                                         f"{text[:40]!r}")
-    return v
+_port = PORT
+_count = int_at_least(1)
+_percent = PERCENT
+_megabytes = float_in(0.001, 100000, "megabytes")
 
 
 def _serial(text: str) -> str:

@@ -51,6 +51,7 @@ from .errors import (
     EdgekitError,
     Parser,
     cli_main,
+    float_in,
     int_at_least,
     signal_received,
 )
@@ -59,15 +60,7 @@ from .errors import (
 _LIST_CAMERAS = "list the cameras with: python -m edge_runtime doctor"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}") \
-            from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+_positive_int = int_at_least(1)
 
 
 def threads_arg(text: str) -> int:
@@ -82,15 +75,7 @@ def threads_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _unit_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text[:40]!r}") \
-            from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
-    return v
+_unit_float = float_in(0.0, 1.0)
 
 
 def _http_address(text: str) -> tuple[str | None, int]:

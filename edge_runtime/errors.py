@@ -221,6 +221,52 @@ def int_at_least(lo: int) -> Callable[[str], int]:
     return parse
 
 
+# The CLIs' other argparse types, each a one-line error quoting the text it was given.
+
+def int_in(lo: int, hi: int, what: str = "an integer") -> Callable[[str], int]:
+    """An argparse type: an integer in ``lo..hi``, e.g. ``int_in(1, 65535, "a port")``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = lo - 1
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what} {lo}..{hi}, got {text[:40]!r}")
+        return v
+    return parse
+
+
+PORT = int_in(1, 65535, "a port")
+PERCENT = int_in(0, 100, "a percentage")
+
+
+def float_in(lo: float, hi: float, what: str = "a number") -> Callable[[str], float]:
+    """An argparse type: a finite number in ``[lo, hi]``."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = float("nan")
+        if not lo <= v <= hi:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"expected {what} in [{lo:g}, {hi:g}], got "
+                                             f"{text[:40]!r}")
+        return v
+    return parse
+
+
+def float_above(lo: float, what: str = "a number") -> Callable[[str], float]:
+    """An argparse type: a finite number > ``lo`` (a duration, a rate)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = float("nan")
+        if not (v > lo and v != float("inf")):
+            raise argparse.ArgumentTypeError(f"expected {what} > {lo:g}, got {text[:40]!r}")
+        return v
+    return parse
+
+
 _UNRECOGNIZED_BY = "_edgekit_unrecognized_by"  # namespace slot: the parser that left extras
 
 

@@ -19,10 +19,16 @@ from edge_runtime.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    PERCENT,
+    PORT,
     EdgekitError,
     Interrupted,
     brief,
     cli_main,
+    float_above,
+    float_in,
+    int_at_least,
+    int_in,
 )
 from tests.conftest import ROOT
 
@@ -125,6 +131,25 @@ def test_every_parser_refuses_abbreviated_flags():
     assert len(parsers) == 7
 
 
+@pytest.mark.parametrize("kind,good,bad,message", [
+    (int_at_least(1), {"1": 1, "300": 300}, ["0", "-3", "x", "1.5"], "expected an integer"),
+    (int_in(2, 4, "a count"), {"2": 2, "4": 4}, ["1", "5", "two"], "expected a count 2..4"),
+    (PORT, {"1": 1, "65535": 65535}, ["0", "65536", "http"], "expected a port 1..65535"),
+    (PERCENT, {"0": 0, "100": 100}, ["-1", "101", "50%"], "expected a percentage 0..100"),
+    (float_in(0.0, 1.0), {"0": 0.0, "1": 1.0, "0.5": 0.5}, ["1.01", "-0.1", "nan", "x"],
+     "expected a number in [0, 1]"),
+    (float_above(0), {"0.25": 0.25, "4": 4.0}, ["0", "-1", "inf", "nan", "x"],
+     "expected a number > 0"),
+])
+def test_shared_argparse_types_accept_the_range_and_quote_what_they_refuse(kind, good, bad,
+                                                                          message):
+    assert {text: kind(text) for text in good} == good
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)) as e:
+            kind(text)
+        assert repr(text) in str(e.value) or text.lstrip("-").isdigit(), str(e.value)
+
+
 def test_choices_come_from_the_settings():
     from convert.quantization import IO_TYPES
     from edge_runtime.config import INTERPOLATIONS
@@ -162,6 +187,7 @@ def test_run_flags_become_typed_overrides_not_set_strings(tmp_path):
         "classify": {},
         "output": {"jsonl": tmp_path / "o.jsonl"},
         "http": {"enabled": True, "port": 0},
+        "keep": {},
     }
     cfg = cli._run_config(args)
     assert cfg.model.threads == 2  # the flag beats --set

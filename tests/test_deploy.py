@@ -76,7 +76,7 @@ def test_cli_refuses_a_bad_host(profile, model):
                                              ("--serial", "120%", "hosts per batch"),
                                              ("--port", "70000", "port 1..65535"),
                                              ("--max-fail-percent", "101", "0..100"),
-                                             ("--keep", "0", "positive integer")])
+                                             ("--keep", "0", "an integer >= 1")])
 def test_cli_refuses_bad_numbers(flag, value, text):
     _one_error_line(cli("deploy", "--host", "u@h", "--config", "c", "--model", "m", flag,
                         value), 2, text)
