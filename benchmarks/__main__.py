@@ -8,6 +8,7 @@ Usage:
     python -m benchmarks report DIR... [--out DIR]
     python -m benchmarks compare NEW.json OLD.json [--strict]
     python -m benchmarks compare OLD_MODEL NEW_MODEL --data FOLDER [--json OUT] [--out DIR]
+                                 [--strict [--accuracy-tolerance 0.01]]
     python -m benchmarks validate MODEL [--threads N] [--runs N] [--rounds N]
     python -m benchmarks video-check CAMERA.jsonl FRAME_LABELS.txt
 
@@ -194,7 +195,12 @@ def _compare(args: argparse.Namespace) -> int:
     if args.data is not None:
         from .compare import run
 
-        run(args.first, args.second, args.data, args.json, args.out)
+        r = run(args.first, args.second, args.data, args.json, args.out)
+        drop = r["top1"]["old"] - r["top1"]["new"]
+        if args.strict and drop > args.accuracy_tolerance:
+            print(f"error: NEW top-1 is {100 * drop:.1f} points below OLD's (tolerance "
+                  f"{100 * args.accuracy_tolerance:g})", file=sys.stderr)
+            return EXIT_REGRESSION
         return EXIT_OK
     if args.json or args.out:
         raise EdgekitError("--json and --out go with --data (comparing two models)")

@@ -103,6 +103,15 @@ def test_cli_prints_table_and_writes_json_and_out(exported, data, tmp_path, caps
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temp left
 
 
+def test_strict_fails_when_new_is_less_accurate(exported, data, tmp_path, capsys):
+    true = exported / "model_float32.tflite"
+    swapped = relabelled(exported, tmp_path, "swapped", {"circle": "square",
+                                                          "square": "circle"})
+    assert main(["compare", str(swapped), str(true), "--data", str(data), "--strict"]) == 0
+    assert main(["compare", str(true), str(swapped), "--data", str(data), "--strict"]) == 3
+    assert "points below OLD's" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["no-folder", "broken-model", "missing-model", "no-data-flag"])
 def test_bad_input_is_one_line(exported, data, tmp_path, capsys, case):
     good = str(exported / "model_float32.tflite")
