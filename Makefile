@@ -217,6 +217,6 @@ test-monitor: setup $(DEPLOY_STAMP) ## monitor tests: promtool rules tests, a re
 # field video, collect brings them home over a loopback sshd, labels from the generator's
 # truth, v2 retrained and compared with v1. FAST=1 is the CI form (fewer epochs, looser goals).
 .PHONY: field-demo
-field-demo: setup $(DEPLOY_STAMP) ## field loop: keep, collect, label, retrain, compare v1/v2: [FAST=1] [ARGS=--strict]
+field-demo: setup $(DEPLOY_STAMP) ## field loop: keep, collect, label, retrain, compare v1/v2: [FAST=1] [V1=runs/demo] [ARGS=--strict]
 	@test -x /usr/sbin/sshd || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null); } || echo "openssh-server not installed: the demo copies kept frames locally instead of collecting them"
-	$(PY) -m benchmarks.field_demo $(if $(FAST),--fast,--train-args "$(DEMO_TRAIN)") $(ARGS)
+	$(PY) -m benchmarks.field_demo $(if $(FAST),--fast,--train-args "$(DEMO_TRAIN)") $(if $(V1),--v1 $(V1)) $(ARGS)
