@@ -13,7 +13,9 @@ fresh image per frame and never writes into it again (see
 Near duplicates: a 16x16 grayscale thumbnail (each pixel the mean of 16 samples, so sensor
 noise mostly cancels out; ~0.1 ms at any frame size) of every candidate is compared with
 the last kept frame's; a mean absolute difference below ``keep.duplicate_diff`` levels is a
-static scene, not a new example. It is made only for a frame about to be kept.
+static scene, not a new example. It is made only for a frame about to be kept, and once a
+frame was a duplicate, at most every :data:`DUPLICATE_RECHECK_S` of source time: an unsure
+answer on a static scene would otherwise pay for a thumbnail on every frame.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CAUSES = ("rate_limit", "duplicate", "queue_full", "disk_full", "write_error")
 THUMB = 16  # thumbnail side, pixels
+DUPLICATE_RECHECK_S = 0.5  # after a duplicate, frames this close are duplicates unchecked
 SIDECAR_TOP = 3  # classes in a sidecar's ``top``, as ``classify --json`` prints by default
 _WINDOWS = ((60.0, "max_per_minute"), (3600.0, "max_per_hour"), (86400.0, "max_per_day"))
 
@@ -182,6 +185,7 @@ class Keeper:
         self.limiter = RateLimiter(settings)
         self._queue: queue.Queue[Job] = queue.Queue(settings.queue)
         self._last_thumb: np.ndarray | None = None
+        self._duplicate_until = float("-inf")  # source time
         self._t0 = time.monotonic()
         self._lock = threading.Lock()
         self.kept: collections.Counter[str] = collections.Counter()
@@ -230,10 +234,13 @@ class Keeper:
             return self._drop(reasons[0], "rate_limit")
         thumb = None
         if self.settings.duplicate_diff > 0:
+            if t < self._duplicate_until:
+                return self._drop(reasons[0], "duplicate")
             thumb = thumbnail(frame.image)
             last = self._last_thumb
             if last is not None and float(np.abs(thumb - last).mean()) < \
                     self.settings.duplicate_diff:
+                self._duplicate_until = t + DUPLICATE_RECHECK_S
                 return self._drop(reasons[0], "duplicate")
         job = Job(frame.image, scores, result, tuple(reasons), frame.seq, t,
                   datetime.now(timezone.utc), None if drift is None else float(drift.value),

@@ -170,18 +170,24 @@ def test_live_source_is_timed_by_the_capture_clock():
 
 # -- near duplicates ---------------------------------------------------------------------
 
-def test_static_scene_is_kept_once():
+def test_static_scene_is_kept_once(monkeypatch):
+    import edge_runtime.keep as keep_module
+
+    made = []
+    real = keep_module.thumbnail
+    monkeypatch.setattr(keep_module, "thumbnail", lambda img: made.append(1) or real(img))
     k = keeper(replace(OFF, classes=("cat",), duplicate_diff=3.0)).start()
     scene = noise(7, (240, 320, 3))
     rng = np.random.default_rng(0)
-    for seq in range(20):  # the same scene with sensor noise (+-4 levels)
+    for seq in range(20):  # 2 s of the same scene with sensor noise (+-4 levels), 10 fps
         jitter = rng.integers(-4, 5, scene.shape)
         k.offer(FakeFrame(np.clip(scene + jitter, 0, 255).astype(np.uint8), seq),
                 np.array([1.0, 0, 0]), result())
-    k.offer(FakeFrame(noise(8, (240, 320, 3)), 20), np.array([1.0, 0, 0]), result())
+    k.offer(FakeFrame(noise(8, (240, 320, 3)), 30), np.array([1.0, 0, 0]), result())
     k.stop(timeout=30)
-    assert [p[2]["frame"] for p in k.store.pairs] == [0, 20]
+    assert [p[2]["frame"] for p in k.store.pairs] == [0, 30]
     assert k.dropped[("class", "duplicate")] == 19
+    assert len(made) <= 7  # checked twice a source second, not on each of the 21 frames
 
 
 def test_thumbnail_is_small_gray_and_handles_gray_and_bgra_frames():
