@@ -54,6 +54,7 @@ def test_max_drop_fails_and_names_layers(trained_run, tmp_path):
     assert "largest quantization error" in (tmp_path / "x" / "convert_report.md").read_text()
 
 
+@pytest.mark.slow  # an int8 conversion of its own before the names are known: make test-slow
 def test_float_layers_must_name_a_real_tensor(trained_run, tmp_path):
     from convert.export import export
 
@@ -62,6 +63,7 @@ def test_float_layers_must_name_a_real_tensor(trained_run, tmp_path):
                out=tmp_path / "y")
 
 
+@pytest.mark.slow  # a SavedModel export of its own (~15 s on 2 cores): make test-slow
 def test_failed_conversion_keeps_the_old_model(trained_run, tmp_path, monkeypatch):
     import importlib
 
@@ -95,6 +97,7 @@ def test_external_keras_model_needs_labels_and_size(trained_run, tmp_path):
     assert len(lines) == 1 and "--labels FILE and --img-size N" in lines[0]
 
 
+@pytest.mark.slow  # a float32 conversion and evaluation of its own: make test-slow
 def test_external_keras_model_with_data(trained_run, sample, tmp_path):
     from convert.export import export
 
@@ -107,6 +110,7 @@ def test_external_keras_model_with_data(trained_run, sample, tmp_path):
     assert r.report["test_images"] == 120  # half of the 240 images, stratified
 
 
+@pytest.mark.slow  # an int8 conversion of its own, then lint/compile: make test-slow
 def test_edgetpu_variant_lints_and_compiles_or_says_why(trained_run, tmp_path):
     import shutil as sh
 

@@ -183,6 +183,7 @@ def test_tensorflow_alone_reads_writes_and_runs_models(coral):
 
 # --- selective quantization keeps the requested input/output type -------------------------
 
+@pytest.mark.slow  # three conversions and the quantization debugger: make test-slow
 def test_float_layers_keep_the_requested_io(tmp_path):
     pytest.importorskip("tensorflow")
     import keras
