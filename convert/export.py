@@ -20,6 +20,7 @@ import numpy as np
 
 from edge_runtime.errors import EdgekitError
 from edge_runtime.fileio import write_bytes, write_json, write_text
+from edge_runtime.integrity import embed_digest
 from edge_runtime.labels import write_labels
 from edge_runtime.manifest import Manifest
 from edge_runtime.metadata import embed_manifest
@@ -271,6 +272,8 @@ def write_variants(src: Source, saved: Path, variants: list[str], options: Expor
         data, quant_info = convert_variant(name, saved, options, rep, calibration_images)
         seconds = time.time() - t0
         data = embed_manifest(data, _exported_manifest(src, provenance, quant_info).to_dict())
+        # The tensors' digest: later entries (golden cases, drift baseline) leave it valid.
+        data = embed_digest(data)
         models[name] = src.export_dir / f"model_{name}.tflite"
         write_bytes(models[name], data)
         rows[name] = {"file": models[name].name, "convert_seconds": round(seconds, 2),
@@ -361,10 +364,18 @@ def add_selftests(models: dict[str, Path], images: list[tuple[str, np.ndarray]],
 def write_beside(src: Source, provenance: dict, models: dict[str, Path],
                  drift: dict | None = None) -> None:
     """``manifest.json`` (with each variant's sha256 and drift baseline) and ``labels.txt``
-    beside the models."""
+    beside the models; the variants a previous convert wrote, and this one did not, are kept
+    (see convert.manifest_merge)."""
+    from .manifest_merge import merge_variants, read_previous
+
+    variants, drift, notes = merge_variants(
+        read_previous(src.export_dir / "manifest.json"),
+        {k: {"file": v.name, "sha256": src.sha256_of(v)} for k, v in models.items()},
+        drift, src.export_dir, provenance.get("source_sha256"))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     beside = replace(_exported_manifest(src, provenance, None), drift_baseline=drift)
-    beside.extra["variants"] = {k: {"file": v.name, "sha256": src.sha256_of(v)}
-                                for k, v in models.items()}
+    beside.extra["variants"] = variants
     beside.save(src.export_dir / "manifest.json")
     write_labels(src.export_dir / "labels.txt", src.manifest.labels)
 
@@ -423,6 +434,8 @@ def edgetpu_stage(int8_path: Path, export_dir: Path, allow_cpu_fallback: bool
         print(f"edgetpu: skipped: {result.message}", file=sys.stderr)
         row.update(status="skipped: edgetpu_compiler not installed", message=result.message)
         return row, None, None
+    # The compiler rewrites the tensors: the compiled model gets its own digest.
+    write_bytes(result.output_path, embed_digest(result.output_path.read_bytes()))
     row.update(compiler=result.to_dict(), status="compiled",
                size_bytes=result.output_path.stat().st_size)
     cpu_ops = row["compiler"].get("cpu_ops", 0)

@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("selftest", help="replay the golden cases stored in a model")
     _add_model_args(s)
     s.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    s.add_argument("--strict", action="store_true",
+                   help="fail (not skip) a model that carries no golden cases")
     s.set_defaults(func=_cmd_selftest)
     return parser
 
@@ -453,7 +455,7 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
     # never handed to the interpreter.
     report = run_selftest(args.model, labels=args.labels, threads=args.threads,
                           edgetpu=args.edgetpu, normalization=_normalization(args),
-                          interpolation=args.interpolation)
+                          interpolation=args.interpolation, strict=args.strict)
     for line in report.failure_lines():
         print(f"selftest: {line}", file=sys.stderr)
     if args.json:

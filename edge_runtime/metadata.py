@@ -53,7 +53,13 @@ def embed_entry(model: bytes, name: str, data: bytes) -> bytes:
 
     s = schema()
     m = s.ModelT.InitFromPackedBuf(model, 0)
-    m.metadata = [md for md in (m.metadata or []) if md.name not in (name, name.encode())]
+    old = [md for md in (m.metadata or []) if md.name in (name, name.encode())]
+    m.metadata = [md for md in (m.metadata or []) if md not in old]
+    used = {t.buffer for g in m.subgraphs or [] for t in g.tensors or []} | {
+        md.buffer for md in m.metadata}
+    for md in old:  # the replaced entry's bytes would otherwise stay in the file, unnamed
+        if md.buffer not in used and 0 <= md.buffer < len(m.buffers):
+            m.buffers[md.buffer].data = None
     buffer = s.BufferT()
     buffer.data = np.frombuffer(data, np.uint8)
     m.buffers.append(buffer)

@@ -14,10 +14,18 @@ got. :func:`run_selftest` replays them here, through the daemon's own path
   a backend, delegate or architecture difference, or a damaged model;
 * ``label`` differs: the labels in use are not the ones the model was made with;
 * ``sha256`` differs from the one recorded in the manifest beside the model: the file was
-  changed or corrupted after conversion.
+  changed or corrupted after conversion;
+* the model's data does not match the digest stored in it (:mod:`edge_runtime.integrity`):
+  the same, for a model deployed without its manifest.
 
-A model without golden cases (Coral's, anything not made by ``convert``) is *skipped*, not
-failed: there is nothing to compare with.
+The cases are the widest-margin held-out images (one per class first) *and* the
+narrowest-margin ones still decisive within the tolerance: a saturated score (0.999) hardly
+moves when a weight is damaged, a score near the decision boundary does.
+
+A file that is not a model (text, an image, a truncated or zero-byte file, a Keras model) is
+an error naming what it is. A genuine model without golden cases (Coral's, anything not
+made by ``convert``) is *skipped*, not failed: there is nothing to compare with; with
+``strict`` (``selftest --strict``) it fails.
 """
 
 from __future__ import annotations
@@ -42,7 +50,8 @@ FLOAT_TOLERANCE = 1e-3  # float32 kernels differ by ~1e-6 across CPUs; probabili
 # exactly; a damaged model or other pixels move scores by far more than this.
 QUANT_STEPS = 8
 GOLDEN_SCALE = 1.75  # golden images are stored this much larger than the input (exercise resize)
-MAX_CASES = 3
+MAX_CASES = 3  # widest-margin cases
+NARROW_CASES = 2  # narrowest-margin cases beside them (still above twice the tolerance)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,8 @@ class SelftestReport:
         cases: one result per golden case.
         tolerance: the score tolerance used.
         note: why it was skipped, when it was.
+        digest: the tensor digest check ("ok", "absent", "compiled", "mismatch",
+            "unreadable"; "" for ONNX) and its one-line message.
     """
 
     model: str
@@ -77,6 +88,8 @@ class SelftestReport:
     tolerance: float = 0.0
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""
+    digest_message: str = ""
 
     @property
     def ok(self) -> bool:
@@ -92,19 +105,23 @@ class SelftestReport:
 
     def summary(self) -> str:
         """One line: the verdict and counts."""
+        digest = {"ok": "; data digest ok", "absent": "; no digest (data not checked)",
+                  "compiled": "; digest predates Edge TPU compilation (not checked)"
+                  }.get(self.digest, "")
         if self.status == "skip":
-            return f"selftest skipped: {self.note} [{self.model}]"
+            return f"selftest skipped: {self.note}{digest} [{self.model}]"
         passed = sum(c.ok for c in self.cases)
         verdict = "passed" if self.ok else "FAILED"
         return (f"selftest {verdict}: {passed}/{len(self.cases)} golden cases"
                 f"{'' if not self.problems else f', {len(self.problems)} model problem(s)'}"
-                f" (score tolerance {self.tolerance:.4g}) [{self.model}]")
+                f" (score tolerance {self.tolerance:.4g}){digest} [{self.model}]")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         return {
             "model": self.model, "status": self.status, "ok": self.ok,
             "tolerance": self.tolerance, "note": self.note,
+            "digest": self.digest, "digest_message": self.digest_message,
             "problems": list(self.problems),
             "cases": [{"name": c.name, "ok": c.ok, "problems": list(c.problems),
                        "expected_top1": c.expected_top1, "got_top1": c.got_top1,
@@ -160,21 +177,46 @@ def _frame_classifier(classifier: Any) -> Any:
     return classifier if isinstance(classifier, FrameClassifier) else FrameClassifier(classifier)
 
 
+def choose_cases(margins: list[tuple[float, int]], max_cases: int = MAX_CASES,
+                 narrow: int = NARROW_CASES) -> list[tuple[int, str]]:
+    """Which candidates become golden cases, and of which kind.
+
+    Args:
+        margins: (top-1 margin, top-1 class) per decisive candidate, in candidate order.
+        max_cases: how many widest-margin cases (one per class first, then the widest).
+        narrow: how many narrowest-margin cases beside them, from the rest.
+
+    Returns:
+        (candidate index, "wide" or "narrow") pairs, wide first.
+    """
+    order = sorted(range(len(margins)), key=lambda i: -margins[i][0])
+    wide, seen = [], set()
+    for i in order:  # one per class first, then the widest margins
+        if margins[i][1] not in seen:
+            wide.append(i)
+            seen.add(margins[i][1])
+    wide = (wide + [i for i in order if i not in wide])[:max_cases]
+    rest = [i for i in reversed(order) if i not in wide][:narrow]
+    return [(i, "wide") for i in wide] + [(i, "narrow") for i in rest]
+
+
 def make_cases(classifier: Any, images: list[tuple[str, np.ndarray]], k: int = 3,
-               max_cases: int = MAX_CASES) -> dict[str, Any]:
+               max_cases: int = MAX_CASES, narrow: int = NARROW_CASES) -> dict[str, Any]:
     """Builds the golden cases of a model from BGR images, running it on this machine.
 
     Each image is stored as :func:`golden_image`, then decoded again and classified
     exactly as the device will, so the recorded digest and scores are those of the
     stored JPEG. Images whose top-1 margin is within the tolerance are left out (another
     machine could legitimately flip them); the ``max_cases`` with the widest margins are
-    kept, at most one per predicted class while others remain.
+    kept, at most one per predicted class while others remain, and the ``narrow`` with
+    the narrowest (see :func:`choose_cases`).
 
     Args:
         classifier: an :class:`edge_runtime.classify.Classifier` (or FrameClassifier).
         images: (name, BGR image) pairs, e.g. from the held-out split.
         k: how many top classes to record per case.
-        max_cases: how many cases to keep.
+        max_cases: how many widest-margin cases to keep.
+        narrow: how many narrowest-margin cases to keep beside them.
 
     Returns:
         The JSON-ready object to embed with :func:`embed_cases`.
@@ -195,16 +237,11 @@ def make_cases(classifier: Any, images: list[tuple[str, np.ndarray]], k: int = 3
         top = [{"index": int(i), "label": labels.get(int(i), str(int(i))),
                 "score": float(scores[i])} for i in order[:k]]
         candidates.append((margin, name, jpeg, input_digest(prepared), top))
-    candidates.sort(key=lambda c: -c[0])
-    chosen, seen = [], set()
-    for c in candidates:  # one per class first, then the widest margins
-        if c[4][0]["index"] not in seen:
-            chosen.append(c)
-            seen.add(c[4][0]["index"])
-    chosen += [c for c in candidates if c not in chosen]
+    chosen = choose_cases([(c[0], c[4][0]["index"]) for c in candidates], max_cases, narrow)
     cases = [{"name": name, "image_jpeg": base64.b64encode(jpeg).decode("ascii"),
-              "input_sha256": digest, "top": top}
-             for _, name, jpeg, digest, top in chosen[:max_cases]]
+              "input_sha256": digest, "top": top, "kind": kind, "margin": round(margin, 6)}
+             for (margin, name, jpeg, digest, top), kind in
+             ((candidates[i], kind) for i, kind in chosen)]
     return {"version": SELFTEST_VERSION, "tolerance": tol,
             "interpolation": fc.classifier.interpolation, "cases": cases,
             "labels_sha256": labels_digest(labels) if labels else None}
@@ -311,36 +348,57 @@ def check_case(fc: Any, case: dict[str, Any], tol: float) -> CaseResult:
     return CaseResult(name, not problems, tuple(problems), want_top1, got_top1, worst)
 
 
-def run_selftest(model_path: str | Path, classifier: Any = None, **classifier_args: Any
-                 ) -> SelftestReport:
+def _check_data(model_path: Path) -> tuple[list[str], str, str]:
+    """(problems, digest status, digest message) of the file itself, before any loading.
+
+    Raises:
+        EdgekitError: not a model at all (text, image, empty, truncated, Keras).
+    """
+    from .integrity import check_digest, identify_model
+
+    parsed = identify_model(model_path)
+    problems = _check_hash(model_path)
+    if problems or parsed is None:
+        return problems, "", ""
+    digest = check_digest(parsed, model_path.read_bytes())
+    return [digest.message] if digest.failed else [], digest.status, digest.message
+
+
+def run_selftest(model_path: str | Path, classifier: Any = None, strict: bool = False,
+                 **classifier_args: Any) -> SelftestReport:
     """Replays the golden cases stored in a model on this machine.
 
     Args:
         model_path: the ``.tflite`` file.
         classifier: an already loaded Classifier of that model (else one is made with
             ``classifier_args``: labels, threads, edgetpu, interpolation).
+        strict: a model without golden cases fails instead of being skipped.
 
     Returns:
-        The report; ``status`` "skip" when the model has no golden cases.
+        The report; ``status`` "skip" when the model has no golden cases (unless strict).
 
     Raises:
-        EdgekitError: the model cannot be loaded.
+        EdgekitError: the file is not a model (one line saying what it is), or the model
+            cannot be loaded.
     """
     from .tflite import require_model_file
 
     model_path = require_model_file(model_path)
-    problems = _check_hash(model_path)
+    problems, digest, digest_message = _check_data(model_path)
+    checked = {"digest": digest, "digest_message": digest_message}
     if problems:  # a damaged file is not loaded: it could take the interpreter down with it
-        return SelftestReport(str(model_path), "fail", tuple(problems))
+        return SelftestReport(str(model_path), "fail", tuple(problems), **checked)
     try:
         cases = read_cases(model_path)
     except EdgekitError as e:
-        return SelftestReport(str(model_path), "fail", tuple(problems) + (str(e),))
+        return SelftestReport(str(model_path), "fail", tuple(problems) + (str(e),), **checked)
     if cases is None:
-        status = "fail" if problems else "skip"
-        return SelftestReport(str(model_path), status, tuple(problems),
-                              note="the model has no golden cases (not made by edgekit "
-                                   "convert, or made before self-tests)")
+        note = ("the model has no golden cases (not made by edgekit convert, or made before "
+                "self-tests)")
+        if strict:
+            return SelftestReport(str(model_path), "fail", (note + "; --strict asks for "
+                                                            "them",), note=note, **checked)
+        return SelftestReport(str(model_path), "skip", note=note, **checked)
     if classifier is None:
         from .classify import Classifier
 
@@ -354,8 +412,11 @@ def run_selftest(model_path: str | Path, classifier: Any = None, **classifier_ar
         problems.append(f"the labels in use ({len(labels)} classes) are not the ones the model "
                         "was made with (swapped or edited labels file?)")
     if not results:  # nothing decisive to compare: not a failure of this machine
-        return SelftestReport(str(model_path), "skip", tuple(problems), tolerance=tol,
-                              note="the model's self-test entry holds no cases")
+        note = "the model's self-test entry holds no cases"
+        status = "fail" if problems or strict else "skip"
+        return SelftestReport(str(model_path), status, tuple(problems) + (
+            (note + "; --strict asks for them",) if strict and not problems else ()),
+            tolerance=tol, note=note, **checked)
     ok = not problems and all(r.ok for r in results)
     return SelftestReport(str(model_path), "pass" if ok else "fail", tuple(problems), results,
-                          tol)
+                          tol, **checked)

@@ -40,7 +40,11 @@ def golden(tmp_path_factory):
 
 def test_cases_are_recorded_with_margins(golden):
     model, _, cases = golden
-    assert len(cases["cases"]) == st.MAX_CASES
+    # Four photos: the three widest margins (one per class), and the fourth as a narrow one.
+    kinds = [c["kind"] for c in cases["cases"]]
+    assert kinds == ["wide"] * st.MAX_CASES + ["narrow"]
+    margins = [c["margin"] for c in cases["cases"]]
+    assert margins[-1] == min(margins) and margins[-1] > 2 * cases["tolerance"]
     top1 = {c["name"]: c["top"][0]["label"] for c in cases["cases"]}
     assert top1["parrot.jpg"] == "macaw"
     assert st.read_cases(model)["cases"][0]["input_sha256"] == cases["cases"][0]["input_sha256"]
@@ -52,7 +56,7 @@ def test_passes_on_the_machine_that_made_it(golden):
     report = st.run_selftest(model, labels=labels)
     assert report.status == "pass", report.failure_lines()
     assert all(c.got_top1 == c.expected_top1 for c in report.cases)
-    assert f"{st.MAX_CASES}/{st.MAX_CASES} golden cases" in report.summary()
+    assert f"{len(PHOTOS)}/{len(PHOTOS)} golden cases" in report.summary()
 
 
 def test_wrong_interpolation_fails_on_the_digest(golden):
@@ -95,6 +99,14 @@ def test_corrupted_copy_fails_on_the_hash_without_loading(golden, tmp_path):
     assert report.status == "fail"
     assert "differs from the manifest's" in report.problems[0]
     assert report.cases == ()
+
+
+def test_choose_cases_keeps_the_widest_and_the_narrowest():
+    margins = [(0.9, 0), (0.8, 0), (0.3, 1), (0.7, 2), (0.2, 1), (0.5, 0), (0.1, 2)]
+    chosen = st.choose_cases(margins, max_cases=3, narrow=2)
+    assert chosen == [(0, "wide"), (3, "wide"), (2, "wide"), (6, "narrow"), (4, "narrow")]
+    assert st.choose_cases(margins[:2], max_cases=3, narrow=2) == [(0, "wide"), (1, "wide")]
+    assert st.choose_cases([], 3, 2) == []
 
 
 def test_model_without_cases_is_skipped():
@@ -146,7 +158,7 @@ def test_cli_pass_fail_and_missing(golden, tmp_path):
     assert bad.returncode == 1
     failed = [ln for ln in bad.stderr.splitlines() if ln.startswith("selftest: ")]
     assert len(failed) >= st.MAX_CASES and all(" case " in ln for ln in failed)
-    assert "selftest FAILED: 0/3" in bad.stdout
+    assert f"selftest FAILED: 0/{len(PHOTOS)}" in bad.stdout
     missing = _selftest_cli("--model", tmp_path / "none.tflite")
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1] == \
