@@ -101,33 +101,39 @@ class FieldSplit:
 
 
 def _hold_out(groups: dict[str, list[tuple[str, int]]], fraction: float,
-              rng: np.random.Generator, min_groups: int) -> set[str]:
-    """Whole groups holding about ``fraction`` of the images (never all groups but one's
-    worth when more than one exists): first one group per class not yet covered (classes
-    in a seeded order, up to half of the images), then more in a seeded order."""
+              rng: np.random.Generator, min_groups: int, cover: bool) -> set[str]:
+    """Whole groups holding about ``fraction`` of the images, never all of them: with
+    ``cover``, first a group for each class not yet covered (classes in a seeded order;
+    one that fits in the target if any, else the smallest, up to half of the images),
+    then more groups in a seeded order, skipping one that would overshoot the target by
+    more than it fills."""
     names = sorted(groups)
     if len(names) < 2:
         return set(names) if min_groups else set()
     total = sum(len(v) for v in groups.values())
     target = max(fraction * total, 1)
     order = [names[i] for i in rng.permutation(len(names))]
+    has = {g: {c for _, c in groups[g]} for g in names}
     held: set[str] = set()
     size = 0
-    classes = sorted({c for v in groups.values() for _, c in v})
-    for c in (classes[i] for i in rng.permutation(len(classes))):
-        if any(c == ci for g in held for _, ci in groups[g]):
+    classes = sorted(set().union(*has.values()))
+    for c in (classes[i] for i in rng.permutation(len(classes))) if cover else ():
+        cands = [g for g in order if g not in held and c in has[g]]
+        if any(c in has[g] for g in held) or not cands or len(held) >= len(names) - 1:
             continue
-        g = next((g for g in order if g not in held and any(ci == c for _, ci in groups[g])),
-                 None)
-        if g is not None and size + len(groups[g]) <= total / 2 and len(held) < len(names) - 1:
+        fit = [g for g in cands if size + len(groups[g]) <= target]
+        g = fit[0] if fit else min(cands, key=lambda g: len(groups[g]))
+        if fit or size + len(groups[g]) <= total / 2:
             held.add(g)
             size += len(groups[g])
     for g in order:
-        if (size >= target and len(held) >= min_groups) or len(held) >= len(names) - 1:
+        enough = len(held) >= min_groups
+        if (size >= target and enough) or len(held) >= len(names) - 1:
             break
-        if g not in held:
-            held.add(g)
-            size += len(groups[g])
+        if g in held or (enough and size + len(groups[g]) - target > target - size):
+            continue
+        held.add(g)
+        size += len(groups[g])
     return held
 
 
@@ -148,10 +154,10 @@ def field_split(items: list[tuple[str, int, dict]], test_fraction: float,
     for rel, ci, sidecar in sorted(items, key=lambda t: t[0]):
         groups.setdefault(group_of(sidecar, block_seconds), []).append((rel, ci))
     rng = np.random.default_rng([seed, 0xF1E1D])
-    test = _hold_out(groups, test_fraction, rng, min_groups=1)
+    test = _hold_out(groups, test_fraction, rng, min_groups=1, cover=True)
     rest = {g: v for g, v in groups.items() if g not in test}
-    val = _hold_out(rest, val_fraction / (1 - test_fraction), rng, 0) if len(rest) >= 3 \
-        else set()
+    val = _hold_out(rest, val_fraction / (1 - test_fraction), rng, 0, cover=False) \
+        if len(rest) >= 3 else set()
 
     def pick(chosen) -> list[tuple[str, int]]:
         return [x for g in sorted(chosen) for x in groups[g]]
