@@ -8,7 +8,7 @@ Usage:
     python -m edge_runtime run --config device_configs/NAME.yaml [--set section.key=value ...]
     python -m edge_runtime doctor [--config device_configs/NAME.yaml]
     python -m edge_runtime unit --config device_configs/NAME.yaml [--user USER]
-    python -m edge_runtime selftest --model M.tflite [--labels L] [--json]
+    python -m edge_runtime selftest --model M.tflite [--labels L] [--json] [--strict]
 
 ``classify`` prints the top-k classes of each image; with ``--json``, one object per line:
 ``{"image": path, "top": [{"index": int, "label": str, "score": float}, ...]}``.
