@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="convert a run (or a Keras model) and check each variant")
     p.add_argument("run", help="training run folder (runs/NAME), .keras file or SavedModel")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help="comma-separated: float32, float16, dynamic, int8, edgetpu, onnx")
+                   help="comma-separated: float32, float16, dynamic, int8, edgetpu, onnx, imx500 "
+                   "(Raspberry Pi AI Camera; make imx500-env first)")
     p.add_argument("--calib", type=_positive, default=300, help="int8 calibration images")
     p.add_argument("--io", choices=IO_TYPES, default="uint8",
                    help="int8 model input/output type (the Edge TPU needs uint8 or int8)")

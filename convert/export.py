@@ -264,7 +264,7 @@ def write_variants(src: Source, saved: Path, variants: list[str], options: Expor
     """
     models: dict[str, Path] = {}
     rows: dict[str, dict] = {}
-    for name in [v for v in variants if v != "edgetpu"]:
+    for name in [v for v in variants if v not in ("edgetpu", "imx500")]:
         if name == "onnx":
             models[name], rows[name] = _onnx_variant(src, saved, provenance)
             continue
@@ -506,7 +506,7 @@ def export_source(src: Source, options: ExportOptions) -> ExportResult:
     with signals_interrupt(), work_dir(export_dir, ".savedmodel-") as work:
         saved = saved_model_for(ref.model, tuple(src.manifest.input_size),
                                 work / "saved_model", ref.loaded)
-        rep, n = calibration(src, options) if "int8" in variants else (None, 0)
+        rep, n = calibration(src, options) if {"int8", "imx500"} & set(variants) else (None, 0)
         models, rows = write_variants(src, saved, variants, options, provenance, rep, n)
         for name, count in add_selftests(models, selftest_images(src), work).items():
             rows[name]["selftest_cases"] = count
@@ -525,6 +525,12 @@ def export_source(src: Source, options: ExportOptions) -> ExportResult:
             failed, layers = accuracy_promise(rows, options.max_drop, saved, rep)
             if layers is not None:
                 report["quantization_debugger"] = layers
+        if "imx500" in variants:  # convert.imx500: Sony's converter in its own environment
+            from .imx500 import imx500_stage
+
+            rows["imx500"], imx_failed = imx500_stage(src, ref, rep, work, provenance)
+            add_deltas(rows)
+            failed = failed or imx_failed
     if "edgetpu" in variants:
         rows["edgetpu"], compiled, tpu_failed = edgetpu_stage(models["int8"], export_dir,
                                                               options.allow_cpu_fallback)

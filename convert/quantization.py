@@ -94,7 +94,7 @@ class Quantization:
 
 def parse_variants(text: str) -> list[str]:
     """Parses ``float32,int8`` into a validated list."""
-    known = ("float32", "float16", "dynamic", "int8", "edgetpu", "onnx")
+    known = ("float32", "float16", "dynamic", "int8", "edgetpu", "onnx", "imx500")
     names = [v.strip() for v in text.split(",") if v.strip()]
     bad = [v for v in names if v not in known]
     if bad or not names:
