@@ -57,8 +57,20 @@ def describe_non_model(data: bytes) -> str | None:
     return None
 
 
-def identify_model(path: Path) -> Any | None:
+def refuse_non_model(data: bytes, path: Path) -> None:
+    """Raises EdgekitError, in one line naming what the file is, when ``data`` is plainly
+    not a model ("X is not a model: it is a JPEG image")."""
+    what = describe_non_model(data)
+    if what is not None:
+        raise EdgekitError(f"{path} is not a model: it is {what}")
+
+
+def identify_model(path: Path, data: bytes | None = None) -> Any | None:
     """Refuses a file that is not a readable model, naming what it is.
+
+    Args:
+        path: the model file.
+        data: its bytes, when already read.
 
     Returns:
         The parsed, validated ``ModelT`` of a TFLite model; None for an ONNX file (checked
@@ -70,13 +82,12 @@ def identify_model(path: Path) -> Any | None:
     """
     from .tflite import read_model
 
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise EdgekitError(f"cannot read {path}: {e.strerror or e}") from None
-    what = describe_non_model(data)
-    if what is not None:
-        raise EdgekitError(f"{path} is not a model: it is {what}")
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise EdgekitError(f"cannot read {path}: {e.strerror or e}") from None
+    refuse_non_model(data, path)
     if path.suffix.lower() == ".onnx" and data[4:8] != b"TFL3":
         return None
     return read_model(data, path)
@@ -198,4 +209,4 @@ def check_digest(model: Any, data: bytes) -> DigestCheck:
 
 
 __all__ = ["DIGEST_NAME", "DigestCheck", "check_digest", "describe_non_model", "embed_digest",
-           "identify_model", "tensor_digest"]
+           "identify_model", "refuse_non_model", "tensor_digest"]

@@ -354,13 +354,18 @@ def _check_data(model_path: Path) -> tuple[list[str], str, str]:
     Raises:
         EdgekitError: not a model at all (text, image, empty, truncated, Keras).
     """
-    from .integrity import check_digest, identify_model
+    from .integrity import check_digest, identify_model, refuse_non_model
 
-    parsed = identify_model(model_path)
-    problems = _check_hash(model_path)
-    if problems or parsed is None:
+    try:
+        data = model_path.read_bytes()
+    except OSError as e:
+        raise EdgekitError(f"cannot read {model_path}: {e.strerror or e}") from None
+    refuse_non_model(data, model_path)
+    problems = _check_hash(model_path)  # before parsing: the clearest word on a changed file
+    parsed = None if problems else identify_model(model_path, data)
+    if parsed is None:
         return problems, "", ""
-    digest = check_digest(parsed, model_path.read_bytes())
+    digest = check_digest(parsed, data)
     return [digest.message] if digest.failed else [], digest.status, digest.message
 
 
