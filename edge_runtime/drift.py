@@ -162,7 +162,7 @@ class DriftMonitor:
         self.size = window
         self.min_frames = max(10, window // 10)
         self._n_base = n
-        self._q = np.asarray(q, np.float64)
+        self._cdf = StepCDF(np.asarray(q, np.float64))
         self._resolution = 1.0 / len(q)
         spread = q[round(0.9 * (len(q) - 1))] - q[round(0.1 * (len(q) - 1))]
         self._hysteresis = min(HYSTERESIS_MAX, max(HYSTERESIS_MIN, HYSTERESIS * spread))
@@ -225,8 +225,10 @@ class DriftMonitor:
         freq = np.bincount(cls, minlength=len(self._p_base)) / m
         n_cls = effective_classes(cls, freq)
         # A run of equal answers is one scene: its scores jitter, but it is one draw.
-        n_conf = min(n_cls, effective_confidence(conf, self._hysteresis))
-        d_conf = ks_distance(conf, self._q) / (
+        xs = np.sort(conf)
+        median = 0.5 * float(xs[(m - 1) // 2] + xs[m // 2])
+        n_conf = min(n_cls, effective_confidence(conf, self._hysteresis, median))
+        d_conf = self._cdf.ks(xs, presorted=True) / (
             KS_C * math.sqrt(1 / n_conf + 1 / self._n_base) + self._resolution)
         d_cls = chi2_ratio(freq, self._p_base, n_cls, self._n_base,
                            df=len(self._p_base) - 2 + int(freq[-1] > 0))
@@ -249,20 +251,32 @@ class DriftMonitor:
             self._alert = False
 
 
-def ks_distance(values: np.ndarray, quantiles: np.ndarray) -> float:
-    """sup |F_live - F_base|, F_base the step function of the baseline quantile points.
+class StepCDF:
+    """The baseline's CDF, a step function of its quantile points (each weighs 1/Q)."""
 
-    Both are step functions, so the supremum is at a jump of either: each is evaluated at
-    every jump point and just below it.
-    """
-    xs = np.sort(values)
-    z = np.concatenate([xs, quantiles])
-    q, m = len(quantiles), len(xs)
-    live_at = np.searchsorted(xs, z, "right") / m
-    live_below = np.searchsorted(xs, z, "left") / m
-    base_at = np.searchsorted(quantiles, z, "right") / q
-    base_below = np.searchsorted(quantiles, z, "left") / q
-    return float(max(np.abs(live_at - base_at).max(), np.abs(live_below - base_below).max()))
+    def __init__(self, quantiles: np.ndarray) -> None:
+        q = np.asarray(quantiles, np.float64)
+        self.edges = np.unique(q)
+        self.at = np.searchsorted(q, self.edges, "right") / len(q)
+        self.below = np.searchsorted(q, self.edges, "left") / len(q)
+
+    def ks(self, values: np.ndarray, presorted: bool = False) -> float:
+        """sup |F_live - F_base| over all x.
+
+        F_base is constant between its edges and F_live is monotone, so on each interval
+        the largest gap is at an end: the supremum is at an edge or just below one.
+        """
+        xs = values if presorted else np.sort(values)
+        m = len(xs)
+        live_at = np.searchsorted(xs, self.edges, "right") / m
+        live_below = np.searchsorted(xs, self.edges, "left") / m
+        return float(max(np.abs(live_at - self.at).max(),
+                         np.abs(live_below - self.below).max()))
+
+
+def ks_distance(values: np.ndarray, quantiles: np.ndarray) -> float:
+    """sup |F_live - F_base|, F_base the step function of the baseline quantile points."""
+    return StepCDF(quantiles).ks(values)
 
 
 def _markov_n_eff(changes: int, iid_rate: float, m: int) -> float:
@@ -279,7 +293,8 @@ def _markov_n_eff(changes: int, iid_rate: float, m: int) -> float:
     return float(min(m, max(1.0, m * s / (1 - s))))
 
 
-def effective_confidence(conf: np.ndarray, hysteresis: float) -> float:
+def effective_confidence(conf: np.ndarray, hysteresis: float, median: float | None = None
+                         ) -> float:
     """n_eff of a confidence series from its crossings of its own median.
 
     A crossing counts only when the value moves from below ``median - hysteresis`` to
@@ -287,11 +302,9 @@ def effective_confidence(conf: np.ndarray, hysteresis: float) -> float:
     is not new evidence. The window's own median (not the baseline's) keeps a shifted stream,
     all on one side of the baseline, from looking like one long run.
     """
-    med = float(np.median(conf))
-    side = np.zeros(len(conf), np.int8)
-    side[conf > med + hysteresis] = 1
-    side[conf < med - hysteresis] = -1
-    known = side[side != 0]
+    med = float(np.median(conf)) if median is None else median
+    up = conf > med + hysteresis
+    known = up[up | (conf < med - hysteresis)]  # True above the band, False below
     changes = int(np.count_nonzero(known[1:] != known[:-1]))
     return _markov_n_eff(changes, 0.5, len(conf))
 
