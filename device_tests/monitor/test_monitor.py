@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from deploy.monitor_rules import alert_rules, dashboard, dashboard_exprs
-from tests.conftest import CORAL, run_cli
-from tests.test_daemon import DaemonProcess, wait_for
+from tests.conftest import CORAL, run_cli, wait_for
+from tests.test_daemon import DaemonProcess
 
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
