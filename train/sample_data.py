@@ -9,8 +9,8 @@ scale, position, blur, sensor noise and JPEG compression. The same seed always w
 same files. ``--field`` draws the same classes as a deployed camera would meet them and
 the sample set never shows: saturated striped, checked or dark backgrounds, a strong
 colour cast (tungsten, fluorescent, shade), low light with more sensor noise, and smaller
-objects; its video (default 1440 frames) shows the classes in turn in 4-second scenes,
-each scene with its own background and light. Output::
+objects; its video (default 1440 frames) is 24 scenes of 4 seconds, each with its own
+background and light, in which the four classes pass in turn (one second each). Output::
 
     DIR/images/<class>/<class>_0000.jpg ...
     DIR/video.avi            (MJPG, 320x240, 15 fps, the classes in turn)
@@ -201,23 +201,27 @@ def _sample_frames(frames: int, seed: int) -> Iterator[tuple[np.ndarray, str]]:
 
 
 def _field_frames(frames: int, seed: int) -> Iterator[tuple[np.ndarray, str]]:
-    """The field video: scenes of FIELD_SCENE frames, the classes in turn, each scene
-    with its own background, colour cast and exposure."""
+    """The field video: scenes of FIELD_SCENE frames, each with its own background, colour
+    cast and exposure (a camera's site and light), in which the classes pass in turn, a
+    quarter of the scene each (so the background says nothing about the class)."""
     rng = np.random.default_rng([seed, 998])
     names = sorted(CLASSES)
+    per = max(1, FIELD_SCENE // len(names))
     w, h = VIDEO_SIZE
     for i in range(frames):
         scene, k = divmod(i, FIELD_SCENE)
-        name = names[scene % len(names)]
+        shot, j = divmod(k, per)
+        name = names[min(shot, len(names) - 1)]
         if k == 0:
             bg = _field_background(rng, w, h)
             cast, gain = _field_cast(rng)
+        if j == 0 or k == 0:
             x0, y0 = rng.uniform(0.3, 0.7) * w, rng.uniform(0.35, 0.65) * h
-            dx, dy = rng.uniform(-1.0, 1.0, 2)
-            spin, r = rng.uniform(-4, 4), rng.uniform(0.14, 0.26) * h
+            dx, dy = rng.uniform(-1.5, 1.5, 2)
+            spin, r = rng.uniform(-6, 6), rng.uniform(0.14, 0.26) * h
         img = bg.copy()
-        draw_object(img, name, np.random.default_rng([seed, 998, scene]),
-                    x0 + dx * k, y0 + dy * k, r, spin * k)
+        draw_object(img, name, np.random.default_rng([seed, 998, scene, shot]),
+                    x0 + dx * j, y0 + dy * j, r, spin * j)
         yield _field_light(img, rng, cast, gain), name
 
 
