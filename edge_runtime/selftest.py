@@ -110,6 +110,9 @@ class SelftestReport:
                   }.get(self.digest, "")
         if self.status == "skip":
             return f"selftest skipped: {self.note}{digest} [{self.model}]"
+        if not self.cases and self.problems:  # refused before any case ran: say why
+            more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            return f"selftest FAILED: {self.problems[0]}{more} [{self.model}]"
         passed = sum(c.ok for c in self.cases)
         verdict = "passed" if self.ok else "FAILED"
         return (f"selftest {verdict}: {passed}/{len(self.cases)} golden cases"

@@ -89,7 +89,7 @@ def test_xor_damage_fails_on_the_digest_without_a_manifest(with_digest, tmp_path
     xor_middle(copy)
     assert not (tmp_path / "manifest.json").exists()
     code, out, err = selftest(capsys, "--model", copy, "--labels", labels)
-    assert code == 1 and "selftest FAILED: 0/0 golden cases, 1 model problem(s)" in out
+    assert code == 1 and out.startswith("selftest FAILED: the model's data does not match")
     assert len(err) == 1 and re.fullmatch(
         rf"selftest: {re.escape(str(copy))}: the model's data does not match its digest "
         r"\([0-9a-f]{12}… vs [0-9a-f]{12}… recorded at conversion\): the file was damaged "
@@ -144,3 +144,42 @@ def test_exported_models_carry_a_digest_and_narrow_cases(exported):
         assert report.status == "pass" and report.digest == "ok", (path, report.summary())
         kinds = [c.get("kind") for c in st.read_cases(path)["cases"]]
         assert kinds.count("wide") >= 2 and "narrow" in kinds, (path, kinds)
+
+
+def scale_conv_weights(data: bytes, factor: float, conv: int = 0) -> bytes:
+    """A subtly damaged float model: the weights of its ``conv``-th convolution scaled."""
+    import flatbuffers
+    import numpy as np
+
+    from edge_runtime.tflite import IDENTIFIER, op_name, schema
+
+    model = schema().ModelT.InitFromPackedBuf(data, 0)
+    g = model.subgraphs[0]
+    op = [op for op in g.operators
+          if op_name(model.operatorCodes[op.opcodeIndex]) == "CONV_2D"][conv]
+    buf = model.buffers[g.tensors[op.inputs[1]].buffer]
+    weights = np.frombuffer(np.asarray(buf.data, np.uint8).tobytes(), np.float32) * factor
+    buf.data = np.frombuffer(weights.astype(np.float32).tobytes(), np.uint8)
+    builder = flatbuffers.Builder(len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def test_narrow_cases_catch_a_subtly_damaged_model(exported, tmp_path):
+    """Scaled by 5 %, the first convolution moves no saturated (widest-margin) score: the
+    old case set passed; a narrow-margin case's score moves far past the tolerance."""
+    from edge_runtime.infer import FrameClassifier
+
+    source = exported / "model_float32.tflite"
+    cases = st.read_cases(source)
+    damaged = tmp_path / "damaged.tflite"
+    damaged.write_bytes(scale_conv_weights(source.read_bytes(), 1.05))
+    report = st.run_selftest(damaged)  # the digest alone catches it, before any case
+    assert report.status == "fail" and report.digest == "mismatch" and report.cases == ()
+    fc = FrameClassifier(Classifier(damaged))
+    results = {c["kind"]: [] for c in cases["cases"]}
+    for case in cases["cases"]:  # the cases alone: as if the digest had not been there
+        results[case["kind"]].append(st.check_case(fc, case, cases["tolerance"]))
+    assert all(r.ok for r in results["wide"]), [r.problems for r in results["wide"]]
+    assert not all(r.ok for r in results["narrow"]), [r.max_score_diff for r in
+                                                       results["narrow"]]
