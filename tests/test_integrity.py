@@ -183,3 +183,16 @@ def test_narrow_cases_catch_a_subtly_damaged_model(exported, tmp_path):
     assert all(r.ok for r in results["wide"]), [r.problems for r in results["wide"]]
     assert not all(r.ok for r in results["narrow"]), [r.max_score_diff for r in
                                                        results["narrow"]]
+
+
+def test_edgetpu_compiled_models_get_their_own_digest(coral):
+    """The compiler rewrites the tensors: a digest carried over from the int8 model is not
+    comparable (said, not failed); the one convert embeds after compiling is checked."""
+    path = coral / "mobilenet_v1_1.0_224_quant_embedding_extractor_edgetpu.tflite"
+    compiled = ig.embed_digest(path.read_bytes())
+    assert json.loads(read_entry(compiled, ig.DIGEST_NAME))["edgetpu"] is True
+    assert ig.check_digest(ig.identify_model(path, compiled), compiled).status == "ok"
+    for edgetpu, status in ((False, "compiled"), (True, "mismatch")):
+        entry = json.dumps({"version": 1, "sha256": "0" * 64, "edgetpu": edgetpu}).encode()
+        carried = embed_entry(compiled, ig.DIGEST_NAME, entry)
+        assert ig.check_digest(ig.identify_model(path, carried), carried).status == status
