@@ -182,3 +182,19 @@ class KeepStore:
         if real.parent.parent != root or not real.is_file():
             return None
         return real
+
+
+def kept_reply(store: KeepStore | None, path: str) -> tuple[int, Any]:
+    """The answer to an authorized ``/kept`` (listing, JSON) or ``/kept/NAME`` (the JPEG's
+    bytes) request: (HTTP status, a JSON document or bytes)."""
+    if store is None:
+        return 404, {"error": "keeping is off: set keep.dir (or --keep-dir)"}
+    if path == "/kept":
+        return 200, {"frames": store.listing()}
+    found = store.resolve(path[len("/kept/"):])
+    if found is not None:
+        try:
+            return 200, found.read_bytes()
+        except OSError:  # removed by the quota (or collected) meanwhile
+            pass
+    return 404, {"error": f"no such kept frame: {path[:100]}"}

@@ -32,6 +32,7 @@ from urllib.parse import parse_qs
 import numpy as np
 
 from .errors import EdgekitError
+from .keepstore import kept_reply
 from .metrics import Metrics
 from .stream import LiveState, MjpegEncoder, serve_viewer, stream_headers
 
@@ -471,22 +472,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized(query):
             self._json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
             return
-        if app.kept is None:
-            self._json(HTTPStatus.NOT_FOUND, {"error": "keeping is off: set keep.dir (or "
-                                                       "--keep-dir)"})
-            return
-        if path == "/kept":
-            self._json(HTTPStatus.OK, {"frames": app.kept.listing()})
-            return
-        found = app.kept.resolve(path[len("/kept/"):])
-        try:
-            data = found.read_bytes() if found is not None else None
-        except OSError:  # removed by the quota (or collected) meanwhile
-            data = None
-        if data is None:
-            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such kept frame: {path[:100]}"})
-            return
-        self._send(HTTPStatus.OK, data, "image/jpeg")
+        code, body = kept_reply(app.kept, path)
+        if isinstance(body, bytes):
+            self._send(code, body, "image/jpeg")
+        else:
+            self._json(code, body)
 
     def _stream(self) -> None:
         enc = self.app.encoder
