@@ -117,9 +117,11 @@ def portable_weights(model: Any) -> dict[str, np.ndarray]:
 
 
 def write_job(job: Path, model: Any, arch: dict, calib: np.ndarray, test: np.ndarray,
-              ref_probs: np.ndarray, timeout: float) -> None:
+              ref_probs: np.ndarray, timeout: float, val: np.ndarray | None = None) -> None:
     """The files the worker reads (see convert/imx500_worker.py)."""
     job.mkdir(parents=True, exist_ok=True)
+    if val is not None and len(val):
+        np.save(job / "val.npy", val.astype(np.float32))
     np.savez(job / "weights.npz", **portable_weights(model))
     np.save(job / "calib.npy", calib.astype(np.float32))
     np.save(job / "test.npy", test.astype(np.float32))
@@ -179,7 +181,20 @@ def golden(q_probs: np.ndarray, names: list[str], labels: list[str], k: int = 3,
             "cases": cases}
 
 
-def write_package(src: Any, result: dict, arch: dict, provenance: dict, q_probs: Any) -> Path:
+def drift_baseline(job: Path, split: str) -> dict | None:
+    """The IMX500 model's own drift baseline (its outputs on the baseline images), keyed by
+    the file the daemon runs on the Pi: network.rpk."""
+    from edge_runtime.drift import BASELINE_VERSION, make_baseline
+
+    path = job / "q_val_probs.npy"
+    if not path.is_file():
+        return None
+    return {"version": BASELINE_VERSION, "split": split,
+            "models": {"network.rpk": make_baseline(np.load(path))}}
+
+
+def write_package(src: Any, result: dict, arch: dict, provenance: dict, q_probs: Any,
+                  drift: dict | None = None) -> Path:
     """``export/imx500/``: packerOut.zip, labels.txt, manifest.json, golden.json."""
     from .export import _exported_manifest
 
@@ -191,7 +206,7 @@ def write_package(src: Any, result: dict, arch: dict, provenance: dict, q_probs:
         k: result[k] for k in ("calibration_images", "versions", "memory")}})
     extra = dict(m.extra, imx500={"architecture": arch, "packer_sha256": src.sha256_of(packer),
                                   "next": "on the Pi: imx500-package -i packerOut.zip -o ."})
-    replace(m, extra=extra).save(out / "manifest.json")
+    replace(m, extra=extra, drift_baseline=drift).save(out / "manifest.json")
     write_labels(out / "labels.txt", src.manifest.labels)
     if q_probs is not None and src.split is not None:
         write_json(out / "golden.json", golden(q_probs, [r for r, _ in src.split.test],
@@ -220,6 +235,7 @@ def imx500_stage(src: Any, ref: Any, rep: Any, work: Path, provenance: dict,
     Returns:
         (report row, failure message or None).
     """
+    from .drift_baseline import baseline_images
     from .evaluate import score
 
     t0 = time.time()
@@ -229,13 +245,15 @@ def imx500_stage(src: Any, ref: Any, rep: Any, work: Path, provenance: dict,
         arch = architecture(ref.model, src.manifest.labels)
         check_size(arch)
         job = work / "imx500"
+        val, split = baseline_images(src)
         write_job(job, ref.model, arch, calibration_array(rep), ref.images,
                   ref.probs if ref.probs is not None else np.zeros((0, arch["classes"])),
-                  timeout)
+                  timeout, val)
         result = run_worker(py, job, timeout)
         q_path = job / "q_probs.npy"
         q_probs = np.load(q_path) if q_path.is_file() else None
-        packer = write_package(src, result, arch, provenance, q_probs)
+        packer = write_package(src, result, arch, provenance, q_probs,
+                               drift_baseline(job, split))
     except EdgekitError as e:
         print(f"imx500: {e}", file=sys.stderr)
         return {"status": f"failed: {e}"}, f"IMX500 conversion failed: {e}"

@@ -4,11 +4,11 @@ Usage (convert.imx500 runs it): .venv-imx500/bin/python convert/imx500_worker.py
 
 JOB_DIR holds what edgekit's own environment (Keras 3) wrote: job.json (architecture, paths,
 tolerance), weights.npz (``<layer>/<i>`` arrays of every layer with weights), calib.npy,
-test.npy, ref_probs.npy (the trained model's outputs on test.npy). This script rebuilds the
+test.npy, ref_probs.npy, val.npy (the trained model's outputs on test.npy). This script rebuilds the
 same MobileNetV2 + head in Keras 2, loads the weights, proves the outputs equal the trained
 model's, quantizes with MCT for the IMX500, scores the quantized model on test.npy and runs
 ``imxconv-tf``. It writes result.json (``{"ok": true, ...}`` or ``{"ok": false, "error":
-ONE LINE, "kind": ...}``) and q_probs.npy; exit 0, or 1 after writing the error.
+ONE LINE, "kind": ...}``) q_probs.npy and q_val_probs.npy; exit 0, or 1 after writing the error.
 """
 
 from __future__ import annotations
@@ -171,6 +171,10 @@ def run(job_dir: Path) -> dict:
     if len(test):
         q_probs = q_model.predict(test, batch_size=32, verbose=0)
         np.save(job_dir / "q_probs.npy", q_probs.astype(np.float32))
+    if (job_dir / "val.npy").is_file():  # the drift baseline: the quantized model's own
+        val = np.load(job_dir / "val.npy").astype(np.float32)
+        np.save(job_dir / "q_val_probs.npy",
+                q_model.predict(val, batch_size=32, verbose=0).astype(np.float32))
 
     _, convert_s = run_converter(q_path, job_dir / "imxconv", float(spec["timeout"]))
     return {"ok": True, "weights_arrays": used, "rebuild_max_abs_diff": diff,

@@ -163,6 +163,10 @@ def make_interpreter(model_path: str | Path, threads: int | None = None,
         from .onnx_backend import OnnxInterpreter
 
         return OnnxInterpreter(path, threads, providers, engine_cache)
+    if path.suffix.lower() == ".rpk":  # the Raspberry Pi AI Camera runs it on its sensor
+        from .imx500_backend import Imx500Interpreter
+
+        return Imx500Interpreter(path)
     data = path.read_bytes()
     check_identifier(data, path)
     _check_has_operators(data, path)

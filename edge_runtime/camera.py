@@ -24,7 +24,8 @@ class Source:
 
     Attributes:
         kind: "camera" (index), "device" (/dev/video*), "file", "url", "gstreamer" or
-            "picamera2" (a Raspberry Pi camera through libcamera's Python binding).
+            "picamera2" (a Raspberry Pi camera through libcamera's Python binding) or
+            "imx500" (the AI Camera, with its inference: edge_runtime.imx500_backend).
         target: what is handed to ``cv2.VideoCapture`` (the camera number for picamera2).
         api: the OpenCV backend to use.
     """
@@ -62,6 +63,8 @@ def parse_source(text: str) -> Source:
             raise EdgekitError(f"bad source {redact(repr(s))}: expected picamera2 or "
                                "picamera2:N")
         return Source("picamera2", int(num or 0))
+    if s.lower() == "imx500":  # the AI Camera: frames with the sensor's own inference
+        return Source("imx500", 0)
     if s.lower().startswith(_URL_SCHEMES):
         return Source("url", s, cv2.CAP_FFMPEG)
     if "!" in s:
@@ -152,6 +155,10 @@ def open_capture(source: Source, width: int | None = None, height: int | None = 
     """
     if source.kind == "picamera2":
         return Picamera2Capture(int(source.target), width, height, fps)
+    if source.kind == "imx500":
+        from .imx500_backend import Imx500Capture
+
+        return Imx500Capture(width, height, fps)
     # FFmpeg and OpenCV print their own diagnostics for a bad file; our one line says it.
     # They write straight to stderr, where nothing can redact them: for a URL or a
     # pipeline (which may carry a password) OpenCV's own errors are silenced too.

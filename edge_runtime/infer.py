@@ -99,6 +99,9 @@ class FrameClassifier:
             self.write_prepared(prepared)
         else:
             self.write_input(bgr)
+        bind = getattr(self.interpreter, "bind_frame", None)
+        if bind is not None:  # the IMX500 classified this frame on its sensor
+            bind(bgr)
         t1 = time.perf_counter()
         self.interpreter.invoke()
         t2 = time.perf_counter()

@@ -88,8 +88,8 @@ def identify_model(path: Path, data: bytes | None = None) -> Any | None:
         except OSError as e:
             raise EdgekitError(f"cannot read {path}: {e.strerror or e}") from None
     refuse_non_model(data, path)
-    if path.suffix.lower() == ".onnx" and data[4:8] != b"TFL3":
-        return None
+    if path.suffix.lower() in (".onnx", ".rpk") and data[4:8] != b"TFL3":
+        return None  # ONNX: onnxruntime checks it; .rpk: the IMX500 loads it on the sensor
     return read_model(data, path)
 
 
