@@ -128,7 +128,7 @@ def exported(trained_run) -> Path:
     return export(trained_run, ["float32", "int8"], calib=100).export_dir
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def coral() -> Path:
     """Coral's reference models and photos; skips when the folder is absent."""
     if not (CORAL / "mobilenet_v2_1.0_224_quant.tflite").is_file():

@@ -22,27 +22,18 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import CORAL, wait_for
+from tests.conftest import ROOT, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
 PHOTOS = ("cat.bmp", "parrot.jpg", "grace_hopper.bmp", "hot_dog.jpg")
 
 
-def coral_dir() -> Path | None:
-    """Coral's reference data where conftest found it (../shared, else data/coral)."""
-    return CORAL if (CORAL / MODEL).is_file() else None
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
+def models(tmp_path_factory, coral) -> dict[str, Path]:
     """Coral's model (no golden cases), the same with golden cases, a corrupted copy."""
     from edge_runtime import selftest as st
     from edge_runtime.classify import Classifier
 
-    coral = coral_dir()
-    if coral is None:
-        pytest.skip("Coral reference data not found (run `make test-data`)")
     out = tmp_path_factory.mktemp("reload")
     labels = coral / "imagenet_labels.txt"
     clf = Classifier(coral / MODEL, labels=labels)

@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import cv2
 import pytest
 
 from edge_runtime import selftest as st
 from edge_runtime.classify import Classifier
-from tests.conftest import CORAL
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
 PHOTOS = ("cat.bmp", "parrot.jpg", "grace_hopper.bmp", "hot_dog.jpg")
 
 
-def coral_dir() -> Path | None:
-    """Coral's reference data where conftest found it (../shared, else data/coral)."""
-    return CORAL if (CORAL / MODEL).is_file() else None
-
-
 @pytest.fixture(scope="module")
-def golden(tmp_path_factory):
+def golden(tmp_path_factory, coral):
     """Coral's MobileNetV2 with golden cases from Coral's photos, and its labels."""
-    coral = coral_dir()
-    if coral is None:
-        pytest.skip("Coral reference data not found (run `make test-data`)")
     labels = coral / "imagenet_labels.txt"
     clf = Classifier(coral / MODEL, labels=labels)
     cases = st.make_cases(clf, [(p, cv2.imread(str(coral / p))) for p in PHOTOS])
@@ -109,18 +99,14 @@ def test_choose_cases_keeps_the_widest_and_the_narrowest():
     assert st.choose_cases([], 3, 2) == []
 
 
-def test_model_without_cases_is_skipped():
-    coral = coral_dir()
-    if coral is None:
-        pytest.skip("Coral reference data not found (run `make test-data`)")
+def test_model_without_cases_is_skipped(coral):
     report = st.run_selftest(coral / MODEL)
     assert report.status == "skip" and report.ok
     assert "no golden cases" in report.summary()
 
 
-def test_margin_filter_drops_ambiguous_images(golden, monkeypatch):
+def test_margin_filter_drops_ambiguous_images(golden, coral, monkeypatch):
     _, labels, _ = golden
-    coral = coral_dir()
     clf = Classifier(coral / MODEL, labels=labels)
     cat = cv2.imread(str(coral / "cat.bmp"))
     grey = cat.copy()
