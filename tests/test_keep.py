@@ -395,6 +395,15 @@ def test_kept_frames_need_a_token_and_refuse_traversal(tmp_path):
         srv.stop()
 
 
+def test_kept_with_keeping_off_says_how_to_turn_it_on():
+    srv = Server(HttpSettings(enabled=True, port=0, token="t"), Metrics(), dict, 10.0).start()
+    try:
+        code, _, body = _get(srv.url + "kept", "t")
+        assert code == 404 and b"keeping is off: set keep.dir" in body
+    finally:
+        srv.stop()
+
+
 def test_metrics_names_of_the_field_loop(tmp_path):
     m = Metrics()
     m.observe_top1(Class(1, "dog", 0.93))
