@@ -3,7 +3,8 @@
 One exception type (:class:`EdgekitError`) that a CLI turns into a single clear line; the
 named exit codes; :func:`install_signal_handlers` and :func:`cli_main`, which make SIGTERM
 and SIGINT at any moment (start-up imports included) end with one line and status 0
-(SIGTERM) or 130 (SIGINT); and the argparse parser and help formatter all four CLIs use.
+(SIGTERM) or 130 (SIGINT); the argparse parser (no abbreviated flags), help formatter and
+argument types every CLI uses.
 This module imports only the standard library: the CLIs import it before anything heavy.
 """
 
