@@ -330,8 +330,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"({summary['fps']} fps, mean inference {summary['mean_inference_ms']} ms, "
           f"backend {clf.backend.name} {clf.backend.version})"
           + (f"; {summary['unreadable']} frames could not be read (damaged or truncated "
-             "file)" if summary.get("unreadable") else ""), file=sys.stderr)
+             "file)" if summary.get("unreadable") else "")
+          + _kept_text(summary.get("keeper")), file=sys.stderr)
     return EXIT_INTERRUPTED if stop.signal == signal.SIGINT else EXIT_OK
+
+
+def _kept_text(keeper) -> str:
+    """``; kept N frames in DIR (not kept: M rate_limit, ...)`` for the final line."""
+    if keeper is None:
+        return ""
+    counts = keeper.counts()
+    causes: dict[str, int] = {}
+    for (_, cause), n in counts["dropped"].items():
+        causes[cause] = causes.get(cause, 0) + n
+    text = f"; kept {sum(counts['kept'].values())} frames in {keeper.store.root}"
+    return text + (" (not kept: " + ", ".join(f"{n} {c}" for c, n in sorted(causes.items()))
+                   + ")" if causes else "")
 
 
 def _start_capture(source, cfg):
@@ -423,7 +437,9 @@ def _run_daemon(args: argparse.Namespace, stop):
               f"({delegate}, threads {threads}); source {source.kind} {source.display}"
               + (f"; http {daemon.server.url}" if daemon.server else "")
               + (f"; keeping frames in {cfg.keep.dir}" if keeper else ""), file=sys.stderr)
-        return daemon.run(), clf
+        summary = daemon.run()
+        summary["keeper"] = keeper  # stopped (its queue written) when the stack closes
+        return summary, clf
 
 
 def _start_keeper(cfg, clf, source):

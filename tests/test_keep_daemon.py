@@ -42,6 +42,7 @@ def test_run_keep_dir_writes_pairs_with_the_contract_sidecar(exported, sample, t
                 "--set", "keep.device=cam-1", "--set", "output.details=true")
     assert r.returncode == 0, r.stderr
     assert f"keeping frames in {keep}" in r.stderr
+    assert f"; kept 60 frames in {keep}\n" in r.stderr  # the final line
     rows = {x["frame"]: x for x in map(json.loads, out.read_text().splitlines())}
     docs, sides = _pairs(keep)
     assert sorted(d["frame"] for d in docs) == sorted(rows) == list(range(60))
