@@ -26,7 +26,8 @@ def read_previous(path: Path) -> dict[str, Any] | None:
 
 def merge_variants(previous: dict[str, Any] | None, variants: dict[str, dict],
                    drift: dict[str, Any] | None, export_dir: Path,
-                   source_sha256: str | None = None) -> tuple[dict[str, dict], dict[str, Any] | None, list[str]]:
+                   source_sha256: str | None = None
+                   ) -> tuple[dict[str, dict], dict[str, Any] | None, list[str]]:
     """Adds the previous manifest's other variants to this convert's.
 
     Args:
