@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CAUSES = ("rate_limit", "duplicate", "queue_full", "disk_full", "write_error")
 THUMB = 16  # thumbnail side, pixels
+RESCAN_S = 300.0  # an idle writer re-reads the folder (collect may have removed pairs)
 DUPLICATE_RECHECK_S = 0.5  # after a duplicate, frames this close are duplicates unchecked
 SIDECAR_TOP = 3  # classes in a sidecar's ``top``, as ``classify --json`` prints by default
 _WINDOWS = ((60.0, "max_per_minute"), (3600.0, "max_per_hour"), (86400.0, "max_per_day"))
@@ -278,18 +279,25 @@ class Keeper:
             return {"kept": dict(self.kept), "dropped": dict(self.dropped),
                     "bytes": self.store.bytes, "quota_bytes": self.store.quota_bytes}
 
-    def _writer(self) -> None:
+    def _scan(self, clean: bool = False) -> None:
         try:
-            self.store.scan()
+            self.store.scan(clean)
             self.store.enforce()
         except OSError as e:
             log.warning("keep: cannot read %s: %s", self.store.root, e.strerror or e)
+
+    def _writer(self) -> None:
+        self._scan(clean=True)
+        scanned = time.monotonic()
         while True:
             try:
                 job = self._queue.get(timeout=0.1)
             except queue.Empty:
                 if self._stop.is_set():
                     return
+                if time.monotonic() - scanned > RESCAN_S:
+                    self._scan()
+                    scanned = time.monotonic()
                 continue
             self._write(job)
 

@@ -85,10 +85,15 @@ class KeepStore:
         self.bytes = 0
         self._pairs: collections.deque[tuple[str, int]] = collections.deque()  # (rel, bytes)
 
-    def scan(self) -> None:
-        """Indexes the pairs already in the folder (a restart keeps counting them)."""
+    def scan(self, clean: bool = False) -> None:
+        """Indexes the pairs in the folder (a restart keeps counting them; the writer
+        re-reads it now and then, as collect may have removed some). ``clean`` (at start)
+        also removes temporary files a crash left behind."""
         pairs = []
         for day in self._days():
+            if clean:
+                for tmp in day.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
             for jpg in sorted(day.glob("[!.]*.jpg")):
                 pairs.append((f"{day.name}/{jpg.name}", _pair_bytes(jpg)))
         self._pairs = collections.deque(pairs)

@@ -66,7 +66,7 @@ class MemoryStore(KeepStore):
         super().__init__("unused", 1 << 40)
         self.delay, self.error, self.pairs = delay, error, []
 
-    def scan(self) -> None:
+    def scan(self, clean: bool = False) -> None:
         pass
 
     def write_pair(self, day, stem, jpeg, sidecar):
@@ -251,8 +251,10 @@ def test_quota_removes_the_oldest_pairs_first(tmp_path):
     assert left == rels[-3:]  # the newest three, each with its sidecar
     assert all((tmp_path / r).with_suffix(".json").is_file() for r in left)
     assert not (tmp_path / "2026-12-01").exists()  # the emptied day folder went too
+    (tmp_path / "2026-12-02" / ".x.jpg.123.tmp").write_bytes(b"half")  # a crash's leftover
     again = KeepStore(tmp_path, quota_bytes=2500)  # a restart counts what is there
-    again.scan()
+    again.scan(clean=True)
+    assert not list(tmp_path.rglob(".*"))
     assert again.bytes == store.bytes and again.enforce() == [rels[3]]
 
 
