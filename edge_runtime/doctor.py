@@ -351,6 +351,11 @@ class Doctor:
         if self.cfg.camera.source.lower().startswith("picamera2"):
             self._import_check("picamera2", "sudo apt install python3-picamera2; make the "
                                "venv with --system-site-packages")
+        from .imx500_backend import doctor_checks, uses_imx500
+
+        if uses_imx500(self.cfg.camera.source, m.path):  # the Raspberry Pi AI Camera
+            for check in doctor_checks(self._p, m.path):
+                self.add(*check)
         if self.cfg.mqtt.enabled:
             self._import_check("paho.mqtt.client", "pip install paho-mqtt")
 

@@ -17,6 +17,7 @@ tests on x86 stand in for ``picamera2.devices.IMX500`` and ``Picamera2``.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -274,5 +275,57 @@ class Imx500Capture:
             pass
 
 
+def uses_imx500(source: str, model_path: str | None) -> bool:
+    """The profile runs on the AI Camera (source ``imx500`` or an ``.rpk`` model)."""
+    return str(source).strip().lower() == "imx500" or str(model_path or "").lower().endswith(".rpk")
+
+
+def doctor_checks(p: Callable[[str], Path], model_path: str | None,
+                  which: Callable[[str], str | None] = shutil.which
+                  ) -> list[tuple[str, str, str, str]]:
+    """What the AI Camera needs, as doctor lines ``(name, status, detail, fix)``.
+
+    Args:
+        p: maps an absolute path to the filesystem doctor reads (a fake root in tests).
+        model_path: the profile's model.
+        which: finds an executable.
+    """
+    import importlib.util
+
+    out = []
+    has = importlib.util.find_spec("picamera2") is not None
+    out.append(("picamera2", "ok" if has else "fail", "importable" if has else "not installed",
+                "" if has else "sudo apt install python3-picamera2; make the venv with "
+                "--system-site-packages"))
+    fw = sorted(f.name for f in p("/lib/firmware").glob("imx500_*"))
+    out.append(("imx500_firmware", "ok" if fw else "fail",
+                ", ".join(fw) if fw else "no /lib/firmware/imx500_* (the sensor's loader and "
+                "main firmware)", "" if fw else "sudo apt install imx500-all"))
+    found = [d for d in sorted(p("/sys/class/video4linux").glob("v4l-subdev*"))
+             if "imx500" in _link(d / "device" / "driver" / "module")]
+    out.append(("imx500_camera", "ok" if found else "fail",
+                f"{found[0].name} (imx500 driver)" if found else "no IMX500 sensor found",
+                "" if found else "connect the AI Camera's ribbon cable and reboot; "
+                "`rpicam-hello --list-cameras` should list imx500"))
+    tool = which("imx500-package")
+    model = Path(model_path) if model_path else None
+    need_tool = model is not None and model.suffix == ".rpk" and not p(str(model)).is_file()
+    out.append(("imx500_tools", "ok" if tool else ("fail" if need_tool else "info"),
+                tool or "imx500-package not installed" + (
+                    f" and {model} is missing" if need_tool else " (only needed to make an "
+                    ".rpk from packerOut.zip)"),
+                "" if tool else "sudo apt install imx500-tools; then imx500-package -i "
+                "packerOut.zip -o DIR makes DIR/network.rpk"))
+    return out
+
+
+def _link(path: Path) -> str:
+    try:
+        return str(path.readlink())
+    except OSError:
+        return ""
+
+
 __all__ = ["Imx500Capture", "Imx500Interpreter", "Imx500Network", "TaggedFrame",
-           "active_network", "load_network", "set_helper_factory", "tag"]
+           "active_network", "doctor_checks", "load_network", "set_helper_factory", "tag",
+           "uses_imx500"]
