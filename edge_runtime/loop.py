@@ -14,6 +14,7 @@ import cv2
 
 from .capture import Capture
 from .classify import Classifier
+from .errors import EdgekitError
 from .infer import FrameClassifier
 from .metrics import Metrics
 from .outputs import JsonlWriter
@@ -28,15 +29,20 @@ STATUS_EVERY_S = 10.0
 
 def drift_monitor(classifier: Classifier, settings: Any) -> Any:
     """The :class:`edge_runtime.drift.DriftMonitor` for a model (``drift:`` section), or
-    None when drift is off or the model carries no baseline."""
+    None when drift is off or the model carries no usable baseline (a malformed one is
+    said once and the model serves without drift: a diagnostic never stops inference)."""
     manifest = classifier.manifest
     if not settings.enabled or manifest is None:
         return None
     from .drift import DriftMonitor
 
-    return DriftMonitor.from_manifest(manifest.to_dict(), window=settings.window,
-                                      threshold=settings.threshold,
-                                      model=classifier.model_path.name)
+    try:
+        return DriftMonitor.from_manifest(manifest.to_dict(), window=settings.window,
+                                          threshold=settings.threshold,
+                                          model=classifier.model_path.name)
+    except EdgekitError as e:
+        log.warning("drift off for %s: %s", classifier.model_path.name, e)
+        return None
 
 
 class StopFlag:

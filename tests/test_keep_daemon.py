@@ -168,3 +168,15 @@ def test_drift_on_metrics_healthz_sidecars_and_reload(exported, sample, tmp_path
     assert daemon.status()["drift"] is None and daemon.status()["drift_alert"] is None
     assert keeper.model_path == plain.model_path
     assert "edgekit_confidence_drift" not in daemon.metrics.render()
+
+
+def test_malformed_baseline_serves_without_drift(exported, tmp_path, caplog):
+    from edge_runtime.loop import drift_monitor
+
+    model = _with_baseline(exported, tmp_path / "m", np.full((5, 4), 0.25))
+    manifest = json.loads((model.parent / "manifest.json").read_text())
+    manifest["drift_baseline"]["models"]["model_int8.tflite"]["n"] = -3
+    (model.parent / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        assert drift_monitor(Classifier(model), load_config(None).drift) is None
+    assert "drift off for model_int8.tflite: drift baseline" in caplog.text
