@@ -102,7 +102,8 @@ class DriftSettings:
     Attributes:
         enabled: watch drift (nothing happens for a model without a baseline).
         window: frames in the live window.
-        threshold: the drift value that raises the alert (None: the baseline's own).
+        threshold: the drift value that raises the alert (None: the monitor's default,
+            1.0, the statistic's critical value).
     """
 
     enabled: bool = True
@@ -114,4 +115,4 @@ class DriftSettings:
             raise ValueError(f"window {brief(self.window)}, expected >= 10")
         if self.threshold is not None and self.threshold <= 0:
             raise ValueError(f"threshold {brief(self.threshold)}, expected > 0 (or null: "
-                             "the baseline's)")
+                             "the default, 1.0)")
