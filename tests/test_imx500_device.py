@@ -147,3 +147,30 @@ def test_a_missing_camera_names_the_check(tmp_path):
             Classifier(network(tmp_path / "m"))
     finally:
         ib.set_helper_factory(None)
+
+
+def test_doctor_names_what_the_ai_camera_lacks_with_the_fix(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+
+    def p(path):
+        return root / path.lstrip("/")
+
+    (root / "lib/firmware").mkdir(parents=True)
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    checks = {c[0]: c for c in ib.doctor_checks(p, "models/imx500/network.rpk", lambda _: None)}
+    assert {k: v[1] for k, v in checks.items()} == {
+        "picamera2": "fail", "imx500_firmware": "fail", "imx500_camera": "fail",
+        "imx500_tools": "fail"}
+    assert "sudo apt install imx500-all" in checks["imx500_firmware"][3]
+    assert "rpicam-hello --list-cameras" in checks["imx500_camera"][3]
+    assert "imx500-package -i packerOut.zip" in checks["imx500_tools"][3]
+    (root / "lib/firmware/imx500_loader.fpk").write_bytes(b"x")
+    dev = root / "sys/class/video4linux/v4l-subdev2/device/driver"
+    dev.mkdir(parents=True)
+    (dev / "module").symlink_to(tmp_path / "module" / "imx500")
+    checks = {c[0]: c for c in ib.doctor_checks(p, None, lambda _: "/usr/bin/imx500-package")}
+    assert checks["imx500_firmware"][1:3] == ("ok", "imx500_loader.fpk")
+    assert checks["imx500_camera"][1:3] == ("ok", "v4l-subdev2 (imx500 driver)")
+    assert checks["imx500_tools"][1] == "ok"
+    assert ib.uses_imx500("imx500", "m.tflite") and ib.uses_imx500("0", "a/network.rpk")
+    assert not ib.uses_imx500("picamera2", "m.tflite")
