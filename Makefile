@@ -183,7 +183,7 @@ DEPLOY_TARGET = $(if $(INVENTORY),--inventory $(INVENTORY),--host $(HOST) $(if $
 CONNECT = $(if $(INVENTORY),--inventory $(INVENTORY),--host $(HOST) $(if $(PORT),--port $(PORT))) \
 	$(if $(SSH_KEY),--ssh-key $(SSH_KEY)) $(if $(filter 1 yes true,$(ACCEPT_NEW_HOST_KEY)),--accept-new-host-key)
 DEPLOY_TARGET += $(if $(filter 1 yes true,$(ACCEPT_NEW_HOST_KEY)),--accept-new-host-key)
-.PHONY: deploy rollback collect test-deploy
+.PHONY: deploy rollback collect bench-fleet test-deploy
 deploy: setup $(DEPLOY_STAMP) ## model to a device or fleet: make deploy HOST=user@host|INVENTORY=hosts.ini CONFIG=... MODEL=... [PORT= SSH_KEY= WHEELHOUSE=]
 	$(if $(HOST)$(INVENTORY),,$(error HOST or INVENTORY is not set: make deploy HOST=user@host CONFIG=device_configs/NAME.yaml MODEL=m.tflite))
 	$(call require,CONFIG,make deploy HOST=user@host CONFIG=device_configs/NAME.yaml MODEL=m.tflite)
@@ -198,6 +198,10 @@ collect: setup $(DEPLOY_STAMP) ## kept frames home: make collect HOST=user@host|
 	$(if $(HOST)$(INVENTORY),,$(error HOST or INVENTORY is not set: make collect HOST=user@host OUT=field/))
 	$(call require,OUT,make collect HOST=user@host OUT=field/)
 	$(PY) -m deploy collect $(CONNECT) --out $(OUT) $(if $(KEEP_DIR),--keep-dir $(KEEP_DIR)) $(ARGS)
+
+bench-fleet: setup $(DEPLOY_STAMP) ## benchmarks on each device's release, merged report: make bench-fleet HOST=user@host|INVENTORY=hosts.ini [OUT=bench-fleet/ PORT= SSH_KEY= TIMEOUT=600 ARGS=--ssh-args ...]
+	$(if $(HOST)$(INVENTORY),,$(error HOST or INVENTORY is not set: make bench-fleet HOST=user@host))
+	$(PY) -m deploy bench-fleet $(CONNECT) --out $(or $(OUT),bench-fleet) $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(ARGS)
 
 test-deploy: setup $(DEPLOY_STAMP) ## deploy tests against real sshd on 127.0.0.1 (root; installs openssh-server; ~10 min)
 	@test -x /usr/sbin/sshd || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null); } || echo "openssh-server not installed: the deploy tests will be skipped"

@@ -4,7 +4,8 @@ Usage:
     python -m benchmarks RUN [--variants float32,int8] [--threads 1,2,4]
                              [--runs N | --min-seconds S] [--warmup N]
                              [--video auto|none|SOURCE] [--video-frames N] [--video-fps F]
-                             [--device-name NAME] [--compare OLD.json [--strict]]
+                             [--device-name NAME] [--compare OLD.json [--strict]] [--out DIR]
+    python -m benchmarks ~/edgekit/current --out DIR ...   (a deployed release)
     python -m benchmarks report DIR... [--out DIR]
     python -m benchmarks compare NEW.json OLD.json [--strict]
     python -m benchmarks compare OLD_MODEL NEW_MODEL --data FOLDER [--json OUT] [--out DIR]
@@ -66,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("measure", help="measure a run's exported variants (the default)")
-    p.add_argument("run", help="training run folder with an export/ folder")
+    p.add_argument("run", help="training run folder with an export/ folder, or a deployed "
+                               "release (~/edgekit/current: its models and held-out images)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where the results go (default: RUN/bench)")
     p.add_argument("--variants", default=None, help="comma-separated (default: all exported)")
     p.add_argument("--threads", type=_threads_list, default=None,
                    help="thread counts, each up to 4 x the cores (default: 1 and all cores)")
@@ -143,7 +147,7 @@ def _measure(args: argparse.Namespace) -> int:
         video=args.video, video_frames=args.video_frames, video_fps=args.video_fps,
         isolate=not args.no_isolate, device_name=args.device_name,
         edgetpu_device=args.edgetpu, compare_to=args.compare, tolerance=args.tolerance,
-        accuracy_tolerance=args.accuracy_tolerance)
+        accuracy_tolerance=args.accuracy_tolerance, out_dir=args.out)
     print(report.read_text())
     print(f"wrote {report.parent}")
     return _verdict(results.get("comparison"), args.strict)

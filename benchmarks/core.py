@@ -9,6 +9,7 @@ this process. See ``benchmarks/SCHEMA.md`` for every field written.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import datetime, timezone
@@ -21,7 +22,13 @@ from edge_runtime.preprocess import ImageError, load_image
 from edge_runtime.runs import load_run
 
 from .analysis import SCHEMA_VERSION, compare, load_results
-from .environment import device_label, environment, environment_warnings, thermal_snapshot
+from .environment import (
+    device_label,
+    environment,
+    environment_warnings,
+    mark_emulated,
+    thermal_snapshot,
+)
 from .measure import measure_accuracy, sha256
 from .report import write_all
 from .worker import measure_row
@@ -77,12 +84,13 @@ def benchmark(run_dir: str | Path, variants: list[str] | None = None,
               video_frames: int = 60, video_fps: float | None = None, isolate: bool = True,
               device_name: str | None = None, edgetpu_device: str | None = None,
               compare_to: str | Path | None = None, tolerance: float = 0.10,
-              accuracy_tolerance: float = 0.01, show_progress: bool = True
-              ) -> tuple[Path, dict[str, Any]]:
+              accuracy_tolerance: float = 0.01, show_progress: bool = True,
+              out_dir: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Measures each variant, writes ``run_dir/bench/`` and returns (report path, results).
 
     Args:
-        run_dir: a training run folder with an ``export/`` folder.
+        run_dir: a training run folder with an ``export/`` folder, or a deployed release
+            (``~/edgekit/current``: every model it holds, its ``heldout/`` images).
         variants: variant names (default: every ``export/model_*.tflite``).
         threads: interpreter thread counts (default: 1 and all cores).
         runs: timed ``invoke()`` runs per row (at least).
@@ -99,17 +107,14 @@ def benchmark(run_dir: str | Path, variants: list[str] | None = None,
         tolerance: relative latency / fps tolerance for the comparison.
         accuracy_tolerance: absolute top-1 tolerance for the comparison.
         show_progress: draw the accuracy progress bar.
+        out_dir: where the results go (default ``run_dir/bench``).
 
     Raises:
         EdgekitError: no exported models, unknown variant, unreadable run or reference,
             missing video file, or a CPU model that cannot be measured.
     """
     run_path = Path(run_dir)
-    manifest, split, root = load_run(run_path)
-    found = find_variants(run_path / "export")
-    if not found:
-        raise EdgekitError(f"no exported models in {run_path / 'export'}; run "
-                           f"`python -m convert {run_path}` first")
+    found, test_files, root = _load_target(run_path)
     if variants:
         missing = [v for v in variants if v not in found]
         if missing:
@@ -122,10 +127,9 @@ def benchmark(run_dir: str | Path, variants: list[str] | None = None,
     source = _resolve_video(video, root)
     cores = os.cpu_count() or 1
     threads = sorted(set(threads or [1, cores]))
-    test_files = [(root / rel, ci) for rel, ci in split.test]
-    image_path = _first_readable(test_files)
+    image_path = _first_readable(test_files) if test_files else None
     env = environment()
-    device = device_name or device_label(env)
+    device = mark_emulated(device_name, env) if device_name else device_label(env)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for name, path in found.items():
@@ -148,7 +152,7 @@ def benchmark(run_dir: str | Path, variants: list[str] | None = None,
         sha = sha256(path)
         for r in vrows:
             r.update({"device": device, "model_file": path.name, "model_sha256": sha,
-                      "size_bytes": path.stat().st_size})
+                      "size_bytes": path.stat().st_size, "emulated": bool(env.get("emulated"))})
             r.setdefault("end_to_end", None)
         rows += vrows
     end = thermal_snapshot()
@@ -159,13 +163,62 @@ def benchmark(run_dir: str | Path, variants: list[str] | None = None,
         "schema_version": RESULTS_SCHEMA_VERSION, "kind": "single", "run": str(run_path),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device, "environment": env, "end": end, "test_images": len(test_files),
+        "emulated": env.get("emulated"),
         "settings": {"runs": runs, "warmup": warmup, "min_seconds": min_seconds,
                      "threads": threads, "isolate": isolate, "video": source,
                      "video_frames": video_frames, "video_fps": video_fps},
         "warnings": warnings, "rows": rows}
     if reference is not None:
         results["comparison"] = compare(results, reference, tolerance, accuracy_tolerance)
-    return write_all(results, run_path / "bench"), results
+    return write_all(results, Path(out_dir) if out_dir else run_path / "bench"), results
+
+
+def is_release(path: Path) -> bool:
+    """True for a deployed release (``~/edgekit/current``: ``model/`` and ``release.json``,
+    no training manifest)."""
+    return (path / "model").is_dir() and (path / "release.json").is_file() \
+        and not (path / "manifest.json").is_file()
+
+
+def release_variants(model_dir: Path) -> dict[str, Path]:
+    """``{variant: path}`` of every ``.tflite`` a release holds: ``model_int8.tflite`` is
+    ``int8``, ``fallback-model_int8.tflite`` ``fallback-int8``, ``model.tflite`` ``model``."""
+    out = {}
+    for p in sorted(model_dir.glob("*.tflite")):
+        base = p.stem.removeprefix("fallback-")
+        out[p.stem[:len(p.stem) - len(base)] + base.removeprefix("model_")] = p
+    return out
+
+
+def _load_target(path: Path) -> tuple[dict[str, Path], list[tuple[Path, int]], Path]:
+    """(variants, held-out (image, class) pairs, data root) of a run folder or a release.
+
+    A release's held-out set is ``heldout/index.json`` (``{"images": [[relpath, class],
+    ...]}``, written by ``python -m deploy deploy``); without one, accuracy is not measured.
+
+    Raises:
+        EdgekitError: not a run or release, no models, a damaged held-out index.
+    """
+    if is_release(path):
+        found = release_variants(path / "model")
+        if not found:
+            raise EdgekitError(f"no .tflite model in the release {path / 'model'}")
+        root = path / "heldout"
+        index = root / "index.json"
+        if not index.is_file():
+            return found, [], root
+        try:
+            items = json.loads(index.read_text(encoding="utf-8"))["images"]
+            files = [(root / str(rel), int(ci)) for rel, ci in items]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise EdgekitError(f"held-out index unreadable: {e} [{index}]") from None
+        return found, files, root
+    _manifest, split, root = load_run(path)
+    found = find_variants(path / "export")
+    if not found:
+        raise EdgekitError(f"no exported models in {path / 'export'}; run "
+                           f"`python -m convert {path}` first")
+    return found, [(root / rel, ci) for rel, ci in split.test], root
 
 
 def _first_readable(files: list[tuple[Path, int]]) -> Path:
@@ -184,18 +237,21 @@ def _first_readable(files: list[tuple[Path, int]]) -> Path:
 
 
 def _measure_variant(name: str, path: Path, accel: str, tpu: bool | str, threads: list[int],
-                     test_files: list[tuple[Path, int]], image_path: Path, runs: int,
+                     test_files: list[tuple[Path, int]], image_path: Path | None, runs: int,
                      warmup: int, min_seconds: float, isolate: bool, show_progress: bool
                      ) -> list[dict[str, Any]]:
     """Accuracy once, then one latency row per thread count."""
-    _say(f"{name}: accuracy on {len(test_files)} held-out images ({accel}) ...")
-    acc = measure_accuracy(path, test_files, threads=threads[-1], edgetpu=tpu,
-                           show_progress=show_progress, desc=f"{name} top-1")
+    acc: dict[str, Any] = {"top1": None, "images": 0}  # no held-out images: not measured
+    if test_files:
+        _say(f"{name}: accuracy on {len(test_files)} held-out images ({accel}) ...")
+        acc = measure_accuracy(path, test_files, threads=threads[-1], edgetpu=tpu,
+                               show_progress=show_progress, desc=f"{name} top-1")
     rows = []
     for t in threads:
         _say(f"{name}: latency with {t} thread(s) on {accel}, {runs} runs ...")
         spec = {"model": str(path), "threads": t, "edgetpu": tpu, "runs": runs,
-                "warmup": warmup, "min_seconds": min_seconds, "image": str(image_path)}
+                "warmup": warmup, "min_seconds": min_seconds,
+                "image": str(image_path) if image_path else None}
         lat = measure_row(spec, isolate)
         rows.append({"variant": name, "threads": t, "accelerator": accel,
                      "delegate": lat.pop("provider", None)

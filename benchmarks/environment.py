@@ -163,6 +163,36 @@ def edgetpu_runtime() -> dict[str, Any]:
             "pcie": sorted(p.name for p in Path("/dev").glob("apex_*"))}
 
 
+def emulation() -> str | None:
+    """How this machine is emulated (QEMU), or None for real hardware as far as we can tell.
+
+    ``EDGEKIT_EMULATED`` (bench-fleet sets it from the inventory's ``edgekit_emulated``)
+    says so outright; else QEMU's firmware names (device tree ``linux,dummy-virt``, DMI
+    vendor ``QEMU``), a qemu-user interpreter running our parent (binfmt_misc), or an ARM
+    machine without a device-tree model (every real Pi, Jetson and Coral board has one).
+    """
+    flag = (os.environ.get("EDGEKIT_EMULATED") or "").strip().lower()
+    if flag in ("1", "true", "yes", "on"):
+        return "emulated (inventory flag)"
+    if flag in ("0", "false", "no", "off"):
+        return None
+    model = _read(_PROC / "device-tree/model") or _read(_SYS / "firmware/devicetree/base/model")
+    compat = _read(_PROC / "device-tree/compatible") or ""
+    if "dummy-virt" in f"{model} {compat}" or "qemu" in f"{model}".lower():
+        return f"qemu system emulation (device tree {model or compat!r})"
+    if "qemu" in (_read(_SYS / "class/dmi/id/sys_vendor") or "").lower():
+        return "qemu system emulation (DMI vendor QEMU)"
+    try:
+        parent = os.path.basename(os.readlink(f"/proc/{os.getppid()}/exe"))
+    except OSError:
+        parent = ""
+    if parent.startswith("qemu-"):
+        return f"qemu user-mode emulation ({parent})"
+    if platform.machine().lower().startswith(("arm", "aarch64")) and not model:
+        return "no device-tree model on an ARM machine (emulated, e.g. qemu-user)"
+    return None
+
+
 def os_name() -> str:
     """Distribution name (``/etc/os-release``) and kernel, else ``platform.platform()``."""
     release = _read("/etc/os-release") or ""
@@ -194,7 +224,7 @@ def environment() -> dict[str, Any]:
         "cpu_max_mhz": round(max_khz / 1000) if max_khz else None,
         "governor": govs.get("cpu0") or (next(iter(govs.values())) if govs else None),
         "governors": sorted(set(govs.values())),
-        "board": board(), "temperature_c": snap["temperature_c"],
+        "board": board(), "emulated": emulation(), "temperature_c": snap["temperature_c"],
         "temperatures_c": temperatures(), "throttling": snap["throttling"],
         "load_average": load,
         "interpreter": f"{b.name} {b.version}", "packages": packages(),
@@ -207,10 +237,20 @@ def environment() -> dict[str, Any]:
 
 
 def device_label(env: dict[str, Any]) -> str:
-    """A short name for the machine: its board, else CPU, architecture and cores."""
+    """A short name for the machine: its board, else CPU, architecture and cores; an
+    emulated machine's ends in ``(emulated)``."""
     if env.get("board"):
-        return str(env["board"])
-    return f"{env.get('cpu') or 'unknown CPU'} ({env.get('machine')}, {env.get('cores')} cores)"
+        return mark_emulated(str(env["board"]), env)
+    return mark_emulated(f"{env.get('cpu') or 'unknown CPU'} ({env.get('machine')}, "
+                         f"{env.get('cores')} cores)", env)
+
+
+def mark_emulated(name: str, env: dict[str, Any]) -> str:
+    """``name`` with `` (emulated)`` appended when ``env`` says the machine is emulated (so
+    every table and plot that names the device says so)."""
+    if env.get("emulated") and "emulated" not in name:
+        return f"{name} (emulated)"
+    return name
 
 
 def environment_warnings(env: dict[str, Any], end: dict[str, Any] | None = None) -> list[str]:

@@ -88,7 +88,7 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> bool:
     top1 = [r["top1"] * 100 for r in rows]
     ax.set_ylim(max(0.0, min(top1) - 5), min(101.0, max(top1) + 2))
     ax.set_ylabel("held-out top-1 (%)")
-    ax.set_title("Latency vs accuracy (marker area ~ model size)")
+    ax.set_title("Latency vs accuracy (marker area ~ model size)" + emulated_note(rows))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=10, loc="lower right")
     fig.tight_layout()
@@ -104,6 +104,14 @@ def _throughput(r: dict[str, Any]) -> float:
         return float(fps)
     mean = r["latency_ms"]["mean"]
     return 1000.0 / mean if mean > 0 else 0.0
+
+
+def emulated_note(rows: list[dict[str, Any]]) -> str:
+    """``"\nEMULATED: dev, ..."`` naming the emulated devices among ``rows`` ('' if none):
+    their timings say nothing about the real hardware, so every plot says so."""
+    devs = list(dict.fromkeys(str(r.get("device") or "this device") for r in rows
+                              if r.get("emulated") or "(emulated)" in str(r.get("device"))))
+    return f"\nEMULATED: {', '.join(devs)}" if devs else ""
 
 
 def scaling_series(rows: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
@@ -144,6 +152,8 @@ def thread_scaling_plot(rows: list[dict[str, Any]], path: Path) -> bool:
     ax2.set_xlabel("threads")
     ax2.set_ylabel("speed-up vs fewest threads")
     ax2.set_title("Thread scaling")
+    if emulated_note(rows):
+        fig.suptitle(emulated_note(rows).strip(), color="darkred")
     counts = sorted({n for t, _ in series.values() for n in t})
     for ax in (ax1, ax2):
         ax.set_xticks(counts)

@@ -62,7 +62,9 @@ def _environment_lines(env: dict[str, Any], end: dict[str, Any] | None) -> list[
     gov = "/".join(env.get("governors") or []) or env.get("governor") or "unknown"
     cpu = (f"- CPU: {env.get('cpu')} ({', '.join(parts)}), governor {gov}, "
            f"board {env.get('board') or 'unknown'}")
-    lines = [cpu, f"- OS: {env.get('os')}; Python {env.get('python')}",
+    lines = [cpu] + ([f"- **Emulated**: {env['emulated']}: latencies say nothing about the "
+                      "real hardware"] if env.get("emulated") else []) + [
+             f"- OS: {env.get('os')}; Python {env.get('python')}",
              f"- Interpreter: {env.get('interpreter')}"
              f"{'; CPU delegate: ' + env['cpu_delegate'] if env.get('cpu_delegate') else ''}"]
     pk = env.get("packages") or {}
@@ -86,6 +88,15 @@ def _environment_lines(env: dict[str, Any], end: dict[str, Any] | None) -> list[
     if env.get("load_average"):
         lines.append(f"- Load average at start: {env['load_average']}")
     return lines
+
+
+def _throttled(t: dict[str, Any] | None) -> str:
+    """Throttling in a table cell: yes/no with what the platform said, or not readable."""
+    if not t:
+        return "not readable"
+    if t.get("throttled_now") is None:
+        return f"{t.get('events')} event(s) since boot"
+    return ("**yes** (" + ", ".join(t.get("now") or []) + ")") if t["throttled_now"] else "no"
 
 
 def _table(rows: list[dict[str, Any]], merged: bool) -> list[str]:
@@ -163,12 +174,17 @@ def to_markdown(results: dict[str, Any], plots: dict[str, bool] | None = None) -
     if merged:
         lines = ["# edgekit benchmark: cross-device", "",
                  f"{len(results['devices'])} device(s), merged {results.get('created')}.", "",
-                 "| device | CPU | cores | governor | OS | interpreter | run | measured |",
-                 "|---|---|---:|---|---|---|---|---|"]
+                 "| device | board | emulated | CPU | cores | governor | temperature (°C) | "
+                 "throttled | OS | interpreter | run | measured |",
+                 "|---|---|---|---|---:|---|---:|---|---|---|---|---|"]
         for d in results["devices"]:
             e = d.get("environment") or {}
-            lines.append(f"| {d['device']} | {e.get('cpu')} | {e.get('cores')} | "
-                         f"{e.get('governor') or 'unknown'} | {e.get('os')} | "
+            lines.append(f"| {d['device']} | {e.get('board') or '-'} | "
+                         f"{'**yes**: ' + e['emulated'] if e.get('emulated') else 'no'} | "
+                         f"{e.get('cpu')} | {e.get('cores')} | "
+                         f"{e.get('governor') or 'unknown'} | "
+                         f"{_f(e.get('temperature_c'), '.1f', '-')} | "
+                         f"{_throttled(e.get('throttling'))} | {e.get('os')} | "
                          f"{e.get('interpreter')} | `{d.get('run')}` | {d.get('created')} |")
     else:
         s = results.get("settings") or {}

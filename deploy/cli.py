@@ -8,7 +8,10 @@ Usage:
     python -m deploy rollback (--host USER@HOST [--port 22] | --inventory hosts.ini)
     python -m deploy collect (--host USER@HOST [--port 22] | --inventory hosts.ini)
                              --out field/ [--keep-dir DIR] [--remove] [--batch-mb 64]
-    (deploy, rollback, collect: [--ssh-key PATH] [--ssh-args '-o ...']
+    python -m deploy bench-fleet (--host USER@HOST [--port 22] | --inventory hosts.ini)
+                             [--out bench-fleet/] [--timeout 600] [--runs 50] [--threads N]
+                             [--forks 10] [--include RESULTS]...
+    (deploy, rollback, collect, bench-fleet: [--ssh-key PATH] [--ssh-args '-o ...']
                                 [--accept-new-host-key] [--quiet])
     python -m deploy monitor --inventory hosts.ini --out monitoring/ [--config P.yaml]
                              [--model M.tflite] [--token-file F] [--check] [--help]
@@ -24,10 +27,15 @@ One line per host at the end: host, result, release, seconds, reason.
 verified by sha256; ``--remove`` deletes from a device only what is verified at home. One
 line per problem frame, then one per host: ``host: N frames copied (X MB), F failed,
 A already here, removed R``.
+``bench-fleet`` runs ``python -m benchmarks`` on each device's active release (every model
+it holds, accuracy on its held-out images, the device's environment; stopped after
+``--timeout`` s), writes ``OUT/<host>/results.json`` and merges every device's into
+``OUT/report.md`` (one row per device x variant; emulated devices say so). One line per
+host: ``host: N row(s) (variant top-1 ...), release R, S s on the device`` or why not.
 
 Exit status: 0 every host deployed (or was already current) / rolled back / collected
-whole; 1 a host failed, was refused (another deploy running) or unreachable, a frame did
-not come home, or bad input; 2 bad usage; 130 SIGINT.
+whole / benchmarked; 1 a host failed, was refused (another deploy running) or unreachable,
+a frame did not come home, or bad input; 2 bad usage; 130 SIGINT.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from edge_runtime.errors import (
     cli_main,
     float_in,
     int_at_least,
+    int_in,
 )
 
 _port = PORT
@@ -101,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of dependency wheels for devices without internet")
     d.add_argument("--keep", type=_count, default=3, help="releases kept on the device")
     d.add_argument("--python", default="python3", help="the device's Python for the venv")
+    d.add_argument("--heldout", type=Path, default=None, metavar="FOLDER",
+                   help="held-out images the release carries for bench-fleet's accuracy "
+                        "(one subfolder per label; default: a few dozen of the test split "
+                        "of the run the model was exported from)")
     d.set_defaults(func=_cmd_deploy)
     r = sub.add_parser("rollback", help="return each device to its previous release")
     _target_args(r)
@@ -117,6 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-mb", type=_megabytes, default=64.0,
                    help="MB packed and fetched per round (a resumed run repeats at most one)")
     c.set_defaults(func=_cmd_collect)
+    b = sub.add_parser("bench-fleet", help="benchmark each device's active release there, "
+                                           "merged into one cross-device report")
+    _connection_args(b)
+    b.add_argument("--out", type=Path, default=Path("bench-fleet"),
+                   help="OUT/<host>/ per device, the merged report in OUT/ (default "
+                        "bench-fleet/)")
+    b.add_argument("--timeout", type=int_in(10, 86400, "seconds"), default=600,
+                   help="seconds one device's benchmark may take before it is stopped")
+    b.add_argument("--runs", type=_count, default=50, help="timed runs per row")
+    b.add_argument("--warmup", type=int_at_least(0), default=5, help="untimed warm-up runs")
+    b.add_argument("--threads", type=_count, default=None,
+                   help="interpreter threads (default: every core of each device)")
+    b.add_argument("--forks", type=_count, default=10, help="devices benchmarked at once")
+    b.add_argument("--include", type=Path, action="append", default=[], metavar="RESULTS",
+                   help="other results (results.json or its folder) merged into the report; "
+                        "repeatable")
+    b.set_defaults(func=_cmd_bench_fleet)
     from .monitor import add_parser as add_monitor  # python -m deploy monitor
 
     add_monitor(sub)
@@ -158,7 +188,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
                           wheelhouse=args.wheelhouse, keep=args.keep,
                           health_timeout=args.health_timeout, python=args.python,
                           serial=args.serial, max_fail_percent=args.max_fail_percent,
-                          no_service=args.no_service, log=_log(args)))
+                          no_service=args.no_service, log=_log(args),
+                          heldout=args.heldout))
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
@@ -189,6 +220,25 @@ def _cmd_collect(args: argparse.Namespace) -> int:
             print(f"{r.host}: {problem}")
     for r in results:
         print(r.line())
+    if not results:
+        print("error: no host in the inventory", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK if all(r.ok for r in results) else EXIT_ERROR
+
+
+def _cmd_bench_fleet(args: argparse.Namespace) -> int:
+    from .bench_fleet import bench_fleet
+
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out} is a file, expected a folder", file=sys.stderr)
+        return EXIT_ERROR
+    results, report = bench_fleet(_target(args), args.out, runs=args.runs, warmup=args.warmup,
+                                  threads=args.threads, timeout_s=args.timeout,
+                                  forks=args.forks, include=args.include, log=_log(args))
+    for r in results:
+        print(r.line())
+    if report is not None:
+        print(f"wrote {report}")
     if not results:
         print("error: no host in the inventory", file=sys.stderr)
         return EXIT_ERROR

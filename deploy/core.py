@@ -145,9 +145,12 @@ def _release_profile(profile: Path, model: Path) -> tuple[str, list[tuple[Path, 
 
 
 def make_bundle(out: Path, model: Path, profile: Path, wheel: Path,
-                release_id: str | None = None) -> dict[str, str]:
+                release_id: str | None = None, heldout: Path | None = None) -> dict[str, str]:
     """Writes the upload bundle to ``out``: ``release/`` (model with its manifest and labels,
-    profile.yaml, bundle.sha256), the wheel, bundle.env. Returns bundle.env's values."""
+    profile.yaml, the held-out images (deploy/heldout.py), bundle.sha256), the wheel,
+    bundle.env. Returns bundle.env's values."""
+    from . import heldout as held
+
     check_model(model)
     if not profile.is_file():
         raise EdgekitError(f"profile not found: {profile}")
@@ -162,6 +165,8 @@ def make_bundle(out: Path, model: Path, profile: Path, wheel: Path,
     for src, name in files:
         shutil.copyfile(src, rel / "model" / name)
         h.update(name.encode() + b"\0" + (rel / "model" / name).read_bytes())
+    for path, name in held.write(rel, model, heldout):  # a new set is a new release
+        h.update(name.encode() + b"\0" + path.read_bytes())
     (rel / "profile.yaml").write_text(text, encoding="utf-8")
     (rel / "profile.source.yaml").write_bytes(profile.read_bytes())
     vkey = wheel_key(wheel)
@@ -336,8 +341,10 @@ def _tar(src: Path, out: Path) -> Path:
 def deploy(target: Target, model: Path, profile: Path, wheel: Path | None = None,
            wheelhouse: Path | None = None, keep: int = 3, health_timeout: int = 60,
            python: str = "python3", serial: str = "100%", max_fail_percent: int = 0,
-           no_service: bool = False, log=None) -> list[HostResult]:
-    """Deploys ``model`` with ``profile`` to ``target``; returns one result per host.
+           no_service: bool = False, log=None,
+           heldout: Path | None = None) -> list[HostResult]:
+    """Deploys ``model`` with ``profile`` to ``target``; returns one result per host
+    (``heldout``: the held-out images' folder, default the model's run's test split).
 
     Raises:
         EdgekitError: bad model, profile, wheel or target; ansible could not run.
@@ -350,7 +357,7 @@ def deploy(target: Target, model: Path, profile: Path, wheel: Path | None = None
             wheel = build_wheel(work / "wheel")
         elif not wheel.is_file():
             raise EdgekitError(f"wheel not found: {wheel}")
-        env = make_bundle(work / "bundle", model, profile, wheel)
+        env = make_bundle(work / "bundle", model, profile, wheel, heldout=heldout)
         stage = f"{env['RELEASE_ID']}-{uuid.uuid4().hex[:6]}"
         bundle = _tar(work / "bundle", work / f"{stage}.tar")
         args = ["--keep", str(keep), "--health-timeout", str(health_timeout),
