@@ -184,7 +184,8 @@ def release_variants(model_dir: Path) -> dict[str, Path]:
     """``{variant: path}`` of every ``.tflite`` a release holds: ``model_int8.tflite`` is
     ``int8``, ``fallback-model_int8.tflite`` ``fallback-int8``, ``model.tflite`` ``model``."""
     out = {}
-    for p in sorted(model_dir.glob("*.tflite")):
+    for p in sorted(model_dir.glob("*.tflite"), key=lambda p: (p.name.startswith("fallback-"),
+                                                                 p.name)):  # the model first
         base = p.stem.removeprefix("fallback-")
         out[p.stem[:len(p.stem) - len(base)] + base.removeprefix("model_")] = p
     return out

@@ -55,74 +55,87 @@ def _run(argv: list[str], timeout: float = 600) -> tuple[subprocess.CompletedPro
     return p, time.monotonic() - t0
 
 
-def test_bench_fleet_measures_each_device_and_merges(devices, models, ssh_args, wheel,
-                                                     wheelhouse, heldout, tmp_path):
-    folder, expected_top1 = heldout
+def _bench(inv: Path, out: Path, ssh_args, *extra: str):
+    p, secs = _run([sys.executable, "-m", "deploy", "bench-fleet", "--inventory", str(inv),
+                    *ssh_args, "--out", str(out), "--runs", "20", "--timeout", "240",
+                    "--quiet", *extra])
+    assert "Traceback" not in p.stderr, p.stderr
+    return p, secs, {ln.split(":", 1)[0]: ln for ln in p.stdout.splitlines() if ": " in ln}
+
+
+@pytest.fixture
+def fleet(devices, models, ssh_args, wheel, wheelhouse, heldout, tmp_path):
+    """The three devices on one release of two variants (the model and its fallback) with
+    the held-out set; (inventory lines, deploy seconds)."""
     profile = tmp_path / "bench-device.yaml"
-    profile.write_text(PROFILE)
+    profile.write_text(PROFILE.replace("  threads: 1\n",
+                                       f"  threads: 1\n  fallback: {models['plain']}\n"))
     inv = tmp_path / "hosts.ini"
     lines = [f"{d.user} ansible_host=127.0.0.1 ansible_port={d.port} ansible_user={d.user}"
              for d in devices]
-    inv.write_text("[edgekit]\n" + "\n".join(lines[:2]) + "\n")
-    p, deploy_s = _run([sys.executable, "-m", "deploy", "deploy", "--inventory", str(inv),
-                        *ssh_args, "--config", str(profile), "--model", str(models["golden"]),
-                        "--wheel", str(wheel), "--wheelhouse", str(wheelhouse),
-                        "--heldout", str(folder), "--no-service", "--quiet"])
-    assert p.returncode == 0, p.stdout + p.stderr
-    rel = devices[0].ek / "current"
-    index = json.loads((rel / "heldout" / "index.json").read_text())
-    assert len(index["images"]) == len(PHOTOS) + 1
-    (devices[2].ek / "current").unlink(missing_ok=True)  # device 3: nothing active
-
-    lines[1] += " edgekit_emulated=true"
-    closed = devices[0].port + 1 if devices[0].port + 1 not in {d.port for d in devices} \
-        else devices[0].port + 2
-    lines.append(f"nodevice ansible_host=127.0.0.1 ansible_port={closed} ansible_user=nobody")
     inv.write_text("[edgekit]\n" + "\n".join(lines) + "\n")
-    out = tmp_path / "bench"
-    p, bench_s = _run([sys.executable, "-m", "deploy", "bench-fleet", "--inventory", str(inv),
-                       *ssh_args, "--out", str(out), "--runs", "20", "--timeout", "240",
-                       "--forks", "1", "--quiet"])
-    assert p.returncode == 1, p.stdout + p.stderr  # two hosts could not be benchmarked
-    by_host = {ln.split(":", 1)[0]: ln for ln in p.stdout.splitlines() if ": " in ln}
-    ok0, ok1 = by_host[devices[0].user], by_host[devices[1].user]
-    assert f"1 row(s) (model top-1 {expected_top1:.3f})" in ok0, p.stdout
-    assert ok1.endswith("EMULATED") and "EMULATED" not in ok0, p.stdout
-    assert "no release in ~/edgekit/current" in by_host[devices[2].user], p.stdout
-    assert "unreachable: connection refused" in by_host["nodevice"], p.stdout
-    assert len(p.stderr.strip().splitlines()) <= 2 and "Traceback" not in p.stderr, p.stderr
+    p, secs = _run([sys.executable, "-m", "deploy", "deploy", "--inventory", str(inv),
+                    *ssh_args, "--config", str(profile), "--model", str(models["golden"]),
+                    "--wheel", str(wheel), "--wheelhouse", str(wheelhouse),
+                    "--heldout", str(heldout[0]), "--no-service", "--quiet"])
+    assert p.returncode == 0, p.stdout + p.stderr
+    index = json.loads((devices[0].ek / "current" / "heldout" / "index.json").read_text())
+    assert len(index["images"]) == len(PHOTOS) + 1
+    lines[1] += " edgekit_emulated=true"
+    return lines, secs
 
+
+def test_bench_fleet_measures_each_device_and_merges(devices, fleet, ssh_args, heldout,
+                                                     tmp_path):
+    lines, deploy_s = fleet
+    expected_top1 = heldout[1]
+    inv, out = tmp_path / "fleet.ini", tmp_path / "bench"
+    inv.write_text("[edgekit]\n" + "\n".join(lines) + "\n")
+    p, bench_s, by_host = _bench(inv, out, ssh_args, "--forks", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    for d in devices:
+        assert f"2 row(s) (model top-1 {expected_top1:.3f}, fallback-" in by_host[d.user]
+        assert by_host[d.user].endswith("EMULATED") == (d is devices[1]), p.stdout
     merged = json.loads((out / "results.json").read_text())
-    assert merged["kind"] == "merged"
-    assert sorted(r["device"] for r in merged["rows"]) == sorted(
-        [devices[0].user, f"{devices[1].user} (emulated)"])  # one row per device x variant
+    names = [devices[0].user, f"{devices[1].user} (emulated)", devices[2].user]
+    assert sorted(r["device"] for r in merged["rows"]) == sorted(names * 2)  # device x variant
     for r in merged["rows"]:
         assert r["top1"] == pytest.approx(expected_top1) and r["images"] == len(PHOTOS) + 1
         assert r["latency_ms"]["p50"] > 0 and r["runs"] >= 20
     envs = {d["device"]: d["environment"] for d in merged["devices"]}
-    assert envs[f"{devices[1].user} (emulated)"]["emulated"] == "emulated (inventory flag)"
-    assert envs[devices[0].user]["emulated"] is None
-    assert all("governor" in e and "temperature_c" in e and "throttling" in e
+    assert envs[names[1]]["emulated"] == "emulated (inventory flag)"
+    assert envs[names[0]]["emulated"] is None and envs[names[2]]["emulated"] is None
+    assert all({"board", "governor", "temperature_c", "throttling"} <= set(e)
                for e in envs.values())
     report = (out / "report.md").read_text()
-    assert f"| {devices[1].user} (emulated) |" in report and "**yes**: emulated" in report
-    # The device's own scratch folder is gone; nothing was written into the release.
-    assert not any((devices[0].ek / "bench").iterdir())
-    assert not (rel / "bench").exists()
-    fleet_lines = p.stdout.splitlines()
-    # A benchmark that fails on the device is that host's line; the report keeps the rest.
-    (rel / "heldout" / "index.json").write_text("{")
-    p, again_s = _run([sys.executable, "-m", "deploy", "bench-fleet", "--host", devices[0].host,
-                       "--port", str(devices[0].port), *ssh_args, "--out", str(out), "--quiet"])
-    assert p.returncode == 1, p.stdout + p.stderr
-    assert (f"{devices[0].host}: not benchmarked: benchmark failed (status 1): error: held-out "
-            "index unreadable") in p.stdout, p.stdout
-    assert len(json.loads((out / "results.json").read_text())["rows"]) == 2
-    print(f"\nMEASURE deploy with held-out set to 2 devices (parallel): {deploy_s:.1f} s")
-    print(f"MEASURE bench-fleet of 1 device whose benchmark fails: {again_s:.1f} s")
-    print(f"MEASURE bench-fleet, 4 hosts (2 benchmarked, one at a time): {bench_s:.1f} s")
+    assert f"| {names[1]} | model |" in report and "**yes**: emulated" in report
+    rel = devices[0].ek / "current"
+    assert not any((devices[0].ek / "bench").iterdir()) and not (rel / "bench").exists()
+    print(f"\nMEASURE deploy of 2 variants + held-out set to 3 devices (parallel): "
+          f"{deploy_s:.1f} s")
+    print(f"MEASURE bench-fleet of 3 devices, one at a time: {bench_s:.1f} s, "
+          f"{len(merged['rows'])} rows")
     for r in merged["rows"]:
         print(f"MEASURE {r['device']} {r['variant']} x{r['threads']}: p50 "
               f"{r['latency_ms']['p50']:.2f} ms, top-1 {r['top1']:.3f} on {r['images']} images")
-    for line in fleet_lines:
-        print(f"SUMMARY {line}")
+    print("\n".join(f"SUMMARY {ln}" for ln in p.stdout.splitlines()))
+
+    # No release, a failing benchmark, no sshd: one line each, the others go on, exit 1,
+    # and the report keeps every device's last results.
+    (devices[2].ek / "current").unlink()
+    (rel / "heldout" / "index.json").write_text("{")
+    taken = {d.port for d in devices}
+    closed = next(port for port in range(devices[0].port + 1, 65536) if port not in taken)
+    inv.write_text("[edgekit]\n" + "\n".join(lines) + f"\nnodevice ansible_host=127.0.0.1 "
+                   f"ansible_port={closed} ansible_user=nobody\n")
+    p, bad_s, by_host = _bench(inv, out, ssh_args)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert (f"{devices[0].user}: not benchmarked: benchmark failed (status 1): error: "
+            "held-out index unreadable") in by_host[devices[0].user], p.stdout
+    assert by_host[devices[1].user].endswith("EMULATED"), p.stdout
+    assert by_host[devices[2].user].endswith("no release in ~/edgekit/current (deploy one "
+                                             "first)"), p.stdout
+    assert "unreachable: connection refused" in by_host["nodevice"], p.stdout
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == 6
+    print(f"MEASURE bench-fleet, 4 hosts in parallel, 3 failing: {bad_s:.1f} s")
+    print("\n".join(f"SUMMARY {ln}" for ln in p.stdout.splitlines()))
