@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from convert.manifest_merge import merge_variants, read_previous
 
 
@@ -63,3 +65,25 @@ def test_no_or_unreadable_previous_manifest_changes_nothing(tmp_path):
     odd = {"variants": {"int8": {"file": "../model_int8.tflite", "sha256": "x"}}}
     (tmp_path.parent / "model_int8.tflite").write_bytes(b"x")
     assert merge_variants(odd, new, None, tmp_path)[0] == new
+
+
+@pytest.mark.slow  # a float32 conversion of its own: make test-slow
+def test_convert_of_some_variants_keeps_the_int8_entry(trained_run, tmp_path, capsys):
+    import shutil
+
+    from convert.export import export
+    from edge_runtime.selftest import run_selftest
+
+    first = export(trained_run, ["int8"], calib=20, out=tmp_path / "x")
+    int8 = json.loads((first.export_dir / "manifest.json").read_text())["variants"]["int8"]
+    again = export(trained_run, ["float32"], out=tmp_path / "x")
+    variants = json.loads((again.export_dir / "manifest.json").read_text())["variants"]
+    assert variants["int8"] == int8 and set(variants) == {"float32", "int8"}
+    assert run_selftest(again.export_dir / "model_int8.tflite").status == "pass"
+    shutil.move(again.export_dir / "model_int8.tflite", tmp_path / "elsewhere.tflite")
+    capsys.readouterr()
+    last = export(trained_run, ["float32"], out=tmp_path / "x")
+    assert "note: removed int8 from manifest.json: model_int8.tflite is gone" in \
+        capsys.readouterr().err
+    assert set(json.loads((last.export_dir / "manifest.json").read_text())["variants"]) == \
+        {"float32"}
