@@ -181,13 +181,18 @@ def is_release(path: Path) -> bool:
 
 
 def release_variants(model_dir: Path) -> dict[str, Path]:
-    """``{variant: path}`` of every ``.tflite`` a release holds: ``model_int8.tflite`` is
-    ``int8``, ``fallback-model_int8.tflite`` ``fallback-int8``, ``model.tflite`` ``model``."""
+    """``{variant: path}`` of every ``.tflite`` a release holds, the model first:
+    ``model_int8.tflite`` is ``int8``, ``model.tflite`` ``model``, the CPU fallback
+    ``fallback-model_int8.tflite`` ``fallback-int8`` (any other fallback ``fallback``)."""
     out = {}
     for p in sorted(model_dir.glob("*.tflite"), key=lambda p: (p.name.startswith("fallback-"),
-                                                                 p.name)):  # the model first
-        base = p.stem.removeprefix("fallback-")
-        out[p.stem[:len(p.stem) - len(base)] + base.removeprefix("model_")] = p
+                                                                 p.name)):
+        if p.name.startswith("fallback-"):
+            base = p.stem.removeprefix("fallback-")
+            name = "fallback-" + base[6:] if base.startswith("model_") else "fallback"
+        else:
+            name = p.stem.removeprefix("model_")
+        out[name if name not in out else p.stem] = p
     return out
 
 

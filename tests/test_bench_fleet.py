@@ -41,7 +41,9 @@ def test_release_variants_are_named_after_their_files(tmp_path):
     for name in ("model.tflite", "model_int8_edgetpu.tflite", "fallback-model_int8.tflite",
                  "labels.txt"):
         (tmp_path / name).write_bytes(b"x")
-    assert sorted(release_variants(tmp_path)) == ["fallback-int8", "int8_edgetpu", "model"]
+    assert list(release_variants(tmp_path)) == ["model", "int8_edgetpu", "fallback-int8"]
+    (tmp_path / "fallback-model_int8.tflite").rename(tmp_path / "fallback-mobilenet.tflite")
+    assert list(release_variants(tmp_path))[-1] == "fallback"
 
 
 def _run(tmp_path: Path, per_class: int = 4) -> Path:

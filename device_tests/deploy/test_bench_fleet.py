@@ -94,7 +94,8 @@ def test_bench_fleet_measures_each_device_and_merges(devices, fleet, ssh_args, h
     p, bench_s, by_host = _bench(inv, out, ssh_args, "--forks", "1")
     assert p.returncode == 0, p.stdout + p.stderr
     for d in devices:
-        assert f"2 row(s) (model top-1 {expected_top1:.3f}, fallback-" in by_host[d.user]
+        assert (f"2 row(s) (model top-1 {expected_top1:.3f}, fallback top-1 "
+                f"{expected_top1:.3f})") in by_host[d.user], p.stdout
         assert by_host[d.user].endswith("EMULATED") == (d is devices[1]), p.stdout
     merged = json.loads((out / "results.json").read_text())
     names = [devices[0].user, f"{devices[1].user} (emulated)", devices[2].user]
