@@ -57,7 +57,9 @@ def env_python() -> Path:
     Raises:
         EdgekitError: missing, or made from another requirements file (with the fix).
     """
-    env = Path(os.environ.get(ENV_VAR) or ROOT / ".venv-imx500")
+    # absolute, not resolved: the worker runs in its job folder, and a venv's python is a
+    # symlink that must keep its own path to find its site-packages
+    env = Path(os.environ.get(ENV_VAR) or ROOT / ".venv-imx500").absolute()
     py = env / "bin" / "python"
     if not py.is_file():
         raise EdgekitError(f"the IMX500 converter environment {env} is missing: {FIXES['env']}")
@@ -139,7 +141,8 @@ def run_worker(py: Path, job: Path, timeout: float) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        p = subprocess.run([str(py), str(WORKER), str(job)], capture_output=True, text=True,
+        p = subprocess.run([str(py.absolute()), str(WORKER), str(job.absolute())],
+                           capture_output=True, text=True,
                            timeout=timeout + 600, env=env, cwd=job)
     except subprocess.TimeoutExpired:
         raise EdgekitError(f"the IMX500 worker ran over {timeout + 600:.0f} s") from None

@@ -23,7 +23,7 @@ def test_all_expected_profiles_exist():
 def test_profile_loads(path):
     cfg = load_config(path, environ={})
     assert cfg.name == path.stem
-    assert cfg.model.path.endswith((".tflite", ".onnx"))
+    assert cfg.model.path.endswith((".tflite", ".onnx", ".rpk"))  # .rpk: the AI Camera
     if cfg.model.path.endswith(".onnx"):  # a Jetson's GPU; the CPU needs a TFLite fallback
         assert cfg.model.fallback and cfg.model.fallback.endswith(".tflite")
         assert cfg.model.provider_list() and "cpu" not in cfg.model.provider_list()
