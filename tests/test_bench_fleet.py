@@ -147,3 +147,25 @@ def test_merge_labels_emulated_devices_in_tables_and_plots(tmp_path):
     assert emulated_note(_results("pi", None)["rows"]) == ""
     single = to_markdown({**_results("pi", "qemu"), "settings": {}})
     assert "**Emulated**: qemu" in single
+
+
+def test_device_step_stops_a_benchmark_at_its_timeout(tmp_path, monkeypatch, coral):
+    """bench_remote.py as on a device: the benchmark (and its workers) killed at timeout_s,
+    its scratch folder removed, one line saying so."""
+    import shutil
+    import time
+
+    from deploy import bench_remote
+
+    release = tmp_path / "edgekit" / "releases" / "r1"
+    (release / "model").mkdir(parents=True)
+    (release / "release.json").write_text("{}")
+    shutil.copyfile(coral / "mobilenet_v2_1.0_224_quant.tflite", release / "model" / "m.tflite")
+    (tmp_path / "edgekit" / "current").symlink_to(release)
+    monkeypatch.setattr(bench_remote, "EK", str(tmp_path / "edgekit"))
+    t0 = time.monotonic()
+    doc = bench_remote._measure("cam", "auto", "s1", {"runs": 10**7, "timeout_s": 1})
+    assert time.monotonic() - t0 < 5
+    assert doc == {"release": "r1", "error": "benchmark still running after 1 s (--timeout): "
+                                             "stopped"}
+    assert not (tmp_path / "edgekit" / "bench" / "s1").exists()
