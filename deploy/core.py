@@ -85,6 +85,8 @@ def check_model(path: Path) -> None:
         raise EdgekitError(f"model not found: {path}")
     with open(path, "rb") as f:
         head = f.read(8)
+    if path.suffix == ".zip" and head[:4] == b"PK\x03\x04":  # convert's IMX500 package
+        return  # (export/imx500/packerOut.zip): remote.sh makes network.rpk on the Pi
     if len(head) < 8 or head[4:8] != b"TFL3":
         raise EdgekitError(f"not a TFLite model (no TFL3 identifier): {path}")
 
@@ -129,7 +131,9 @@ def _release_profile(profile: Path, model: Path) -> tuple[str, list[tuple[Path, 
     load_config(profile, environ={}, flags={"model": {"path": str(model)}})  # refuses a bad one
     data = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
     section = dict(data.get("model") or {})
-    section["path"] = f"{CURRENT}/model/{model.name}"
+    # An IMX500 package becomes network.rpk on the device (imx500-package, in remote.sh).
+    section["path"] = f"{CURRENT}/model/" + ("network.rpk" if model.suffix == ".zip"
+                                              else model.name)
     extra = []
     if section.get("fallback"):
         fb = Path(section["fallback"])

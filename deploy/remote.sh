@@ -259,6 +259,15 @@ mkdir -p "$T" && cp -R "$STAGE/release/." "$T/" && ln -s "../../venvs/$VKEY" "$T
   || result failed 1 "could not write the release"
 # The profile names the model under ~/edgekit/current (stable across releases, reloads).
 sed -i "s#@EDGEKIT_CURRENT@#$EK/current#g" "$T/profile.yaml"
+# The AI Camera's package (convert's packerOut.zip): the .rpk is made here, by Raspberry Pi
+# OS's imx500-package (apt install imx500-tools), beside the manifest it needs.
+if [ "${MODEL_NAME##*.}" = zip ]; then
+  command -v imx500-package >/dev/null 2>&1 || { rm -rf "$T"; result failed 1 \
+    "model/$MODEL_NAME is an IMX500 package: sudo apt install imx500-tools (imx500-package makes network.rpk)"; }
+  imx500-package -i "$T/model/$MODEL_NAME" -o "$T/model" >>"$LOG" 2>&1 && [ -f "$T/model/network.rpk" ] \
+    || { rm -rf "$T"; result failed 1 "imx500-package failed on model/$MODEL_NAME (see $LOG)"; }
+  MODEL_NAME=network.rpk
+fi
 (cd "$T" && ./venv/bin/python -m edge_runtime unit --config profile.yaml >/dev/null) \
   || { rm -rf "$T"; result failed 1 "the profile does not load on the device: $(tail -n 1 "$LOG")"; }
 say "self-test of model/$MODEL_NAME"

@@ -150,3 +150,35 @@ def test_real_conversion_matches_float32(trained_run, tmp_path):
     assert golden["cases"] and all(c["top"][0]["label"] in manifest["labels"]
                                    for c in golden["cases"])
     assert "| imx500 |" in (out / "convert_report.md").read_text()
+
+
+def test_deploy_bundles_the_package_and_points_the_profile_at_network_rpk(tmp_path):
+    import zipfile
+
+    import yaml
+
+    from deploy.core import make_bundle
+    from edge_runtime.manifest import Manifest
+
+    model_dir = tmp_path / "export" / "imx500"
+    model_dir.mkdir(parents=True)
+    with zipfile.ZipFile(model_dir / "packerOut.zip", "w") as z:
+        z.writestr("network.fpk", b"\0" * 64)
+    Manifest(labels=["a", "b"], input_size=(96, 96)).save(model_dir / "manifest.json")
+    (model_dir / "labels.txt").write_text("a\nb\n")
+    wheel = tmp_path / "edgekit_classify-0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("edge_runtime/__init__.py", "")
+    env = make_bundle(tmp_path / "bundle", model_dir / "packerOut.zip",
+                      ROOT / "device_configs" / "raspberry-pi-ai-camera.yaml", wheel)
+    model = tmp_path / "bundle" / "release" / "model"
+    assert sorted(p.name for p in model.iterdir()) == ["labels.txt", "manifest.json",
+                                                       "packerOut.zip"]
+    assert env["MODEL_NAME"] == "packerOut.zip"  # remote.sh runs imx500-package on it
+    profile = yaml.safe_load((tmp_path / "bundle" / "release" / "profile.yaml").read_text())
+    assert profile["model"]["path"].endswith("/model/network.rpk")
+    assert profile["camera"]["source"] == "imx500"
+    (tmp_path / "text.zip").write_text("not a zip")
+    with pytest.raises(EdgekitError, match="not a TFLite model"):
+        make_bundle(tmp_path / "b2", tmp_path / "text.zip",
+                    ROOT / "device_configs" / "raspberry-pi-ai-camera.yaml", wheel)
