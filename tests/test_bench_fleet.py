@@ -132,7 +132,10 @@ def test_host_lines(tmp_path):
     assert HostBench("x", error="e").line() == "x: e"
 
 
-def test_merge_labels_emulated_devices_in_tables_and_plots(tmp_path):
+def test_merge_labels_emulated_devices_in_tables_and_plots(tmp_path, monkeypatch):
+    from benchmarks import plots
+
+    monkeypatch.setattr(plots, "_pyplot", lambda: None)  # drawing costs seconds; see below
     for host, emu in (("pi-real", None), ("pi-qemu (emulated)", "qemu user-mode emulation")):
         (tmp_path / host).mkdir()
         (tmp_path / host / "results.json").write_text(json.dumps(_results(host, emu)))
