@@ -17,8 +17,8 @@ compares them with it on two components, each scaled so that 1.0 is its critical
 Video frames are not independent: a camera looking at one object gives hundreds of
 near-equal answers, and counted as frames the looping sample video alone reaches twice the
 alert line. The effective sample size ``n_eff`` is estimated from runs, as for a two-state
-Markov chain: how often the predicted class changes (against ``1 - sum p^2`` for
-independent draws) and how often the confidence crosses the window's own median by more
+Markov chain: how often the predicted class changes (against ``1 - sum p^2`` of the
+baseline's classes) and how often the confidence crosses the window's own median by more
 than the noise (against 1/2); a run of equal answers is one scene, so the confidence side
 uses the smaller of the two. A static scene counts about once, five 60-frame scenes about
 five times, a model flickering between answers (as on unfamiliar images) nearly per frame.
@@ -223,7 +223,7 @@ class DriftMonitor:
         if m < self.min_frames:
             return DriftState(0.0, False, self.threshold, m, 0.0, 0.0)
         freq = np.bincount(cls, minlength=len(self._p_base)) / m
-        n_cls = effective_classes(cls, freq)
+        n_cls = effective_classes(cls, self._p_base)
         # A run of equal answers is one scene: its scores jitter, but it is one draw.
         xs = np.sort(conf)
         median = 0.5 * float(xs[(m - 1) // 2] + xs[m // 2])
@@ -311,7 +311,12 @@ def effective_confidence(conf: np.ndarray, hysteresis: float, median: float | No
 
 def effective_classes(cls: np.ndarray, freq: np.ndarray) -> float:
     """n_eff of a predicted-class series from its class changes, against the change rate
-    ``1 - sum p^2`` of independent draws from the window's own class frequencies."""
+    ``1 - sum p^2`` of independent draws from ``freq``.
+
+    Give it the baseline's frequencies, not the window's: with the window's, a class that
+    has just appeared (two frames of sixty) makes independent draws expect almost no
+    change, and its one arrival would count as nine independent observations.
+    """
     changes = int(np.count_nonzero(cls[1:] != cls[:-1]))
     return _markov_n_eff(changes, float(1.0 - (freq ** 2).sum()), len(cls))
 

@@ -123,6 +123,17 @@ def test_video_like_in_distribution_stream_never_alerts_over_10_minutes(validati
     assert mon.snapshot().effective_classes < 60
 
 
+def test_a_class_that_just_appeared_is_not_many_observations(validation):
+    """Scenes with 10 % of frames dropped (a camera read newest-first): the class changes
+    are measured against the baseline's change rate, not the window's (where two frames of
+    a new class made one change look like nine independent draws: 0.99 here)."""
+    rng = np.random.default_rng(104)
+    stream = scenes(rng, softmax_rows(rng, 500, margin=5.0), 20_000, jitter=0.0)
+    stream = stream[rng.random(len(stream)) > 0.1][:9000]
+    first, top = feed(DriftMonitor(make_baseline(validation)), stream)
+    assert first is None and top < 0.8, (first, top)
+
+
 def test_a_static_scene_is_one_observation(validation):
     mon = DriftMonitor(make_baseline(validation))
     p = np.array([0.05, 0.05, 0.2, 0.7])  # an unusual but steady answer, sensor noise only
