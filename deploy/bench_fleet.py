@@ -180,6 +180,10 @@ def bench_fleet(target: Target, out: Path, runs: int = 50, warmup: int = 5,
     if rc not in (0, 2, 4) and not answers:
         raise EdgekitError(f"ansible-playbook failed (status {rc}) before any host ran the "
                            "bench step; see its output above")
+    if not answers and target.inventory is not None:
+        raise EdgekitError(f"no host of {target.inventory} was tried: ansible could not use "
+                           f"the inventory (check it with ansible-inventory -i "
+                           f"{target.inventory} --list)")
     summary = []
     for host in sorted(hosts | set(answers)):
         if host not in answers:
