@@ -27,13 +27,16 @@ if [ -f "$dest/.edgekit-complete" ]; then echo "$dest"; exit 0; fi
 
 mkdir -p "$cache"
 tmp="$cache/image-$key.building"
+# A killed build may leave mmdebstrap's /proc, /sys and /dev mounts in its root: unmount
+# them before removing it, so rm never walks into the host's.
+awk -v d="$tmp/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
 rm -rf "$tmp"; mkdir -p "$tmp"
 echo "building the VM's disk image in $dest (once; log: $cache/image-build.log)" >&2
 ssh-keygen -q -t ed25519 -N "" -C edgekit-vm -f "$tmp/id_ed25519"
 
 # Documentation, translations and drivers no virt machine has: smaller image, faster
 # initramfs (MODULES=most copies every storage and network driver otherwise).
-EXCLUDES=(/usr/share/doc/* /usr/share/man/* /usr/share/info/* /usr/share/locale/*
+EXCLUDES=('/usr/share/doc/*' '/usr/share/man/*' '/usr/share/info/*'
           '/usr/lib/modules/*/kernel/drivers/gpu/*' '/usr/lib/modules/*/kernel/sound/*'
           '/usr/lib/modules/*/kernel/drivers/media/*' '/usr/lib/modules/*/kernel/drivers/net/wireless/*'
           '/usr/lib/modules/*/kernel/drivers/infiniband/*' '/usr/lib/modules/*/kernel/drivers/staging/*'
@@ -43,8 +46,17 @@ for e in "${EXCLUDES[@]}"; do dpkgopts+=(--dpkgopt="path-exclude=$e"); done
 dpkgopts+=(--dpkgopt='path-include=/usr/share/doc/*/copyright')
 
 root="$tmp/root"
+# The initramfs gets only what a virt machine's root needs (MODULES=most copies ~2000
+# modules one process each: minutes under qemu-user); init loads them (force_load).
+mkdir -p "$tmp/initramfs/hooks" "$tmp/initramfs/conf.d"
+echo MODULES=list > "$tmp/initramfs/conf.d/edgekit-vm"
+printf '%s\n' '#!/bin/sh' '[ "$1" = prereqs ] && exit 0' '. /usr/share/initramfs-tools/hook-functions' \
+    'for m in virtio_pci virtio_blk crc32c_generic ext4; do force_load $m; done' \
+    > "$tmp/initramfs/hooks/edgekit-vm"
+chmod 755 "$tmp/initramfs/hooks/edgekit-vm"
 # Hooks run on the host with the root folder as $1; `chroot "$1"` runs arm64 binaries.
 if ! mmdebstrap --variant=essential --arch=arm64 --include="$PACKAGES" "${dpkgopts[@]}" \
+    --setup-hook="mkdir -p \"\$1/etc/initramfs-tools\" && cp -R $tmp/initramfs/. \"\$1/etc/initramfs-tools/\"" \
     --customize-hook='echo raspberrypi > "$1/etc/hostname"' \
     --customize-hook='printf "127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n" > "$1/etc/hosts"' \
     --customize-hook='printf "/dev/vda / ext4 defaults,noatime 0 1\n" > "$1/etc/fstab"' \
