@@ -211,7 +211,8 @@ def write_package(src: Any, result: dict, arch: dict, provenance: dict, q_probs:
                                   "next": "on the Pi: imx500-package -i packerOut.zip -o ."})
     replace(m, extra=extra, drift_baseline=drift).save(out / "manifest.json")
     write_labels(out / "labels.txt", src.manifest.labels)
-    if q_probs is not None and src.split is not None:
+    # names only when no held-out image was skipped (then q_probs follows split.test)
+    if q_probs is not None and src.split is not None and len(q_probs) == len(src.split.test):
         write_json(out / "golden.json", golden(q_probs, [r for r, _ in src.split.test],
                                                src.manifest.labels))
     return packer
