@@ -91,7 +91,7 @@ def test_bench_fleet_measures_each_device_and_merges(devices, fleet, ssh_args, h
     expected_top1 = heldout[1]
     inv, out = tmp_path / "fleet.ini", tmp_path / "bench"
     inv.write_text("[edgekit]\n" + "\n".join(lines) + "\n")
-    p, bench_s, by_host = _bench(inv, out, ssh_args, "--forks", "1")
+    p, bench_s, by_host = _bench(inv, out, ssh_args)
     assert p.returncode == 0, p.stdout + p.stderr
     for d in devices:
         assert (f"2 row(s) (model top-1 {expected_top1:.3f}, fallback top-1 "
@@ -114,7 +114,7 @@ def test_bench_fleet_measures_each_device_and_merges(devices, fleet, ssh_args, h
     assert not any((devices[0].ek / "bench").iterdir()) and not (rel / "bench").exists()
     print(f"\nMEASURE deploy of 2 variants + held-out set to 3 devices (parallel): "
           f"{deploy_s:.1f} s")
-    print(f"MEASURE bench-fleet of 3 devices, one at a time: {bench_s:.1f} s, "
+    print(f"MEASURE bench-fleet of 3 devices in parallel: {bench_s:.1f} s, "
           f"{len(merged['rows'])} rows")
     for r in merged["rows"]:
         print(f"MEASURE {r['device']} {r['variant']} x{r['threads']}: p50 "
