@@ -54,11 +54,16 @@ def test_convert_missing_run(tmp_path):
     assert_one_clear_error(run_cli("convert", str(tmp_path / "nope")), "not found", "nope")
 
 
-def test_convert_model_file_that_is_not_a_model(trained_run, tmp_path):
+def test_convert_model_file_that_is_not_a_model(trained_run, tmp_path, capsys):
+    from convert.__main__ import main as convert_main
+
     run = tmp_path / "broken"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export", "bench"))
     (run / "model.keras").write_bytes(b"this is not a keras model")
-    assert_one_clear_error(run_cli("convert", str(run)), "cannot load Keras model")
+    # In-process: TensorFlow is loaded already (trained_run), a subprocess would load it again.
+    assert convert_main([str(run)]) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("error: cannot load Keras model"), lines
 
 
 def test_classify_file_that_is_not_a_model(tmp_path, sample):

@@ -170,6 +170,7 @@ print(_io_quantization(data)["input"]["dtype"])
 """
 
 
+@pytest.mark.slow  # a TensorFlow-only interpreter process (~8 s of CPU): make test-slow
 def test_tensorflow_alone_reads_writes_and_runs_models(coral):
     r = subprocess.run([sys.executable, "-c", TF_ONLY,
                         str(coral / "mobilenet_v2_1.0_224_quant.tflite")], cwd=ROOT,
