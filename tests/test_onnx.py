@@ -16,6 +16,9 @@ from edge_runtime.classify import Classifier  # noqa: E402
 from edge_runtime.errors import EdgekitError  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 
+# The tests on a model of their own (a float32 + tf2onnx conversion): make test-slow, and CI.
+ONNX_EXPORT = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def onnx_export(trained_run, tmp_path_factory):
@@ -26,6 +29,7 @@ def onnx_export(trained_run, tmp_path_factory):
     return export(trained_run, ["float32", "onnx"], out=out)
 
 
+@ONNX_EXPORT
 def test_onnx_variant_agrees_with_keras_and_tflite(onnx_export, trained_run):
     rows = onnx_export.report["variants"]
     onnx = rows["onnx"]
@@ -48,6 +52,7 @@ def test_onnx_variant_agrees_with_keras_and_tflite(onnx_export, trained_run):
     assert float(np.abs(a - b).max()) <= 1e-4
 
 
+@ONNX_EXPORT
 def test_onnx_model_describes_itself(onnx_export, tmp_path):
     import shutil
 
@@ -59,6 +64,7 @@ def test_onnx_model_describes_itself(onnx_export, tmp_path):
     assert clf.input_size == tuple(clf.manifest.input_size)
 
 
+@ONNX_EXPORT
 def test_onnx_selftest_passes_and_its_hash_is_recorded(onnx_export):
     from edge_runtime.selftest import recorded_sha256, run_selftest
 
@@ -72,6 +78,7 @@ def test_onnx_selftest_passes_and_its_hash_is_recorded(onnx_export):
     assert json.loads(r.stdout)["status"] == "pass"
 
 
+@ONNX_EXPORT
 def test_classify_cli_takes_onnx(onnx_export, sample):
     image = next(p for p in sorted((sample / "images").rglob("*")) if p.is_file())
     r = run_cli("edge_runtime", "classify", "--model", str(onnx_export.models["onnx"]),
@@ -81,12 +88,14 @@ def test_classify_cli_takes_onnx(onnx_export, sample):
     assert top[0]["label"] == image.parent.name
 
 
+@ONNX_EXPORT
 def test_requested_gpu_providers_fall_back_to_cpu(onnx_export, caplog):
     clf = Classifier(onnx_export.models["onnx"], providers=["tensorrt", "cuda", "cpu"])
     assert clf.provider == "CPUExecutionProvider"
     assert any("not available here" in r.getMessage() for r in caplog.records)
 
 
+@ONNX_EXPORT
 def test_unknown_provider_is_one_clear_error(onnx_export):
     with pytest.raises(EdgekitError, match=r"unknown ONNX Runtime provider\(s\) opencl"):
         Classifier(onnx_export.models["onnx"], providers=["opencl"])
@@ -146,6 +155,7 @@ def test_doctor_on_a_jetson_names_jetpack_and_the_missing_gpu_provider(tmp_path)
     assert checks["tensorrt"].status in ("ok", "warn")
 
 
+@ONNX_EXPORT
 def test_benchmarks_measure_the_onnx_model_and_name_its_provider(onnx_export):
     from benchmarks.core import find_variants
     from benchmarks.measure import measure_latency
