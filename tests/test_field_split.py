@@ -97,8 +97,10 @@ def test_field_split_deterministic_and_seeded(tmp_path):
     a = _prepare(root, tmp_path / "a", seed=3)[3]["field"]
     b = _prepare(root, tmp_path / "b", seed=3)[3]["field"]
     assert a == b
-    others = [_prepare(root, tmp_path / f"s{s}", seed=s)[3]["field"]["test_groups"]
-              for s in range(4, 8)]
+    items = [(f"{c}/{j.name}", ci, json.loads(j.with_suffix(".json").read_text()))
+             for ci, c in enumerate(CLASSES) for j in sorted((root / c).glob("*_f*.jpg"))]
+    assert field_split(items, 0.3, 0.15, 10, 3).test_groups == a["test_groups"]
+    others = [field_split(items, 0.3, 0.15, 10, s).test_groups for s in range(4, 8)]
     assert any(g != a["test_groups"] for g in others)
 
 
