@@ -1,9 +1,9 @@
 """The fleet's Prometheus alert rules and Grafana dashboard, as data (see deploy.monitor).
 
 Metric names are the daemon's /metrics (edge_runtime/metrics.py) and the field-loop
-contract's (drift, predictions, kept frames). Thermal metrics (``edgekit_throttled``,
-``edgekit_temperature_celsius``) are the names the rule expects; a daemon that does not
-export them leaves the rule silent.
+contract's (drift, predictions, kept frames). The thermal gauges (``edgekit_throttled``,
+``edgekit_temperature_celsius``) are absent where a device cannot tell (no ``vcgencmd`` on a
+Jetson, no thermal zone): there the rule's half stays silent.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import EXIT_ERROR, EXIT_OK, EdgekitError
 from .redact import redact
+from .thermal import hottest_zone
 
 CORAL_USB_IDS = {("1a6e", "089a"): "Coral USB Accelerator (not yet initialised)",
                  ("18d1", "9302"): "Coral USB Accelerator"}
@@ -311,18 +312,14 @@ class Doctor:
                  "use the official power supply (5 V 3 A / 5 A on a Pi 5) and a heatsink/fan")
 
     def temperature(self) -> None:
-        temps = []
-        for zone in sorted(self._p("/sys/class/thermal").glob("thermal_zone*")):
-            t = self._read(f"/sys/class/thermal/{zone.name}/temp")
-            if t and t.lstrip("-").isdigit():
-                temps.append(int(t) / 1000.0)
-        if not temps:
+        hottest = hottest_zone(self.root)  # what /metrics reports as edgekit_temperature_celsius
+        if hottest is None:
             self.add("temperature", "info", "no thermal zones")
-        elif max(temps) >= 80.0:
-            self.add("temperature", "warn", f"{max(temps):.1f} C (throttling soon)",
+        elif hottest >= 80.0:
+            self.add("temperature", "warn", f"{hottest:.1f} C (throttling soon)",
                      "add a heatsink or fan; improve airflow")
         else:
-            self.add("temperature", "ok", f"{max(temps):.1f} C")
+            self.add("temperature", "ok", f"{hottest:.1f} C")
 
     def profile(self) -> None:
         if self.cfg is None:

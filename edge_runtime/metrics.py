@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .thermal import ThermalReader
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15,
                    0.25, 0.5, 1.0, 2.5)
 FPS_WINDOW_S = 2.0  # the rate shown is over this many recent seconds
@@ -89,6 +91,7 @@ class Metrics:
         self._recent: collections.deque[float] = collections.deque(maxlen=FPS_MAX_FRAMES)
         self.capture: Any = None  # the Capture, for captured/dropped/reconnects/stalls
         self.streaming: Any = None  # the MjpegEncoder, for the number of stream viewers
+        self.thermal: ThermalReader | None = ThermalReader()  # read per scrape, cached
         self._registry: Any = None
 
     def observe_top1(self, top1: Any) -> None:
@@ -164,6 +167,7 @@ class _Collector:
                        "stalls")}
         since = m.seconds_since_result()
         fps = m.fps  # takes the lock itself
+        thermal = _thermal(m.thermal)  # may run vcgencmd: outside the lock
         with m.lock:
             info = GaugeMetricFamily("edgekit_info", "Interpreter backend, its version, "
                                      "model and delegate.", labels=sorted(m.info))
@@ -209,7 +213,24 @@ class _Collector:
                      getattr(m.streaming, "clients", 0))):
                 out.append(GaugeMetricFamily(name, help_, value=value))
             out.extend(_field_loop(m))
-        yield from out
+        yield from out + thermal
+
+
+def _thermal(reader: ThermalReader | None) -> list[Any]:
+    """``edgekit_temperature_celsius`` and ``edgekit_throttled``, each absent where the
+    device cannot tell (no thermal zone; no ``vcgencmd``, as on a Jetson, or it failed)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    state = reader.read() if reader is not None else None
+    out: list[Any] = []
+    if state is not None and state.celsius is not None:
+        out.append(GaugeMetricFamily("edgekit_temperature_celsius", "The hottest thermal "
+                                     "zone (SoC temperature).", value=state.celsius))
+    if state is not None and state.throttled is not None:
+        out.append(GaugeMetricFamily("edgekit_throttled", "1 while vcgencmd get_throttled "
+                                     "says under-voltage, frequency capped, throttled or "
+                                     "soft temperature limit now.", value=int(state.throttled)))
+    return out
 
 
 def _field_loop(m: Metrics) -> list[Any]:

@@ -23,12 +23,28 @@ from edge_runtime import Classifier
 from edge_runtime.camera import Source, parse_source
 from edge_runtime.capture import Capture
 from edge_runtime.config import load_config
+from edge_runtime.fileio import file_sha256
 from edge_runtime.loop import Daemon, StopFlag
 from edge_runtime.outputs import JsonlWriter
 from edge_runtime.systemd import Notifier
 from tests.conftest import ROOT, FakeCamera, error_lines, run_cli, wait_for
 
 LABELS = {"circle", "square", "star", "triangle"}
+
+
+def start_url(text: str) -> str | None:
+    """The URL on the daemon's start-up line: after "; http ", up to the next ';' or space
+    (the line may go on: "; keeping frames in ...")."""
+    m = re.search(r"^edgekit:.*?; http (https?://[^\s;]+/)", text, re.MULTILINE)
+    return m.group(1) if m else None
+
+
+def test_start_url_whatever_follows_it():
+    line = "edgekit: m.tflite on x 1 (cpu, threads 4); source file v.avi; http {}{}\n"
+    for url in ("http://127.0.0.1:8080/", "http://[::1]:9000/"):
+        for tail in ("", "; keeping frames in /var/lib/edgekit/keep; http later"):
+            assert start_url("INFO something\n" + line.format(url, tail)) == url
+    assert start_url("edgekit: m.tflite on x 1; source file v.avi\n") is None
 
 
 class DaemonProcess:
@@ -50,8 +66,7 @@ class DaemonProcess:
         if any(ln.startswith("error:") for ln in self.lines):
             self.proc.kill()
             raise AssertionError("daemon did not start: " + "".join(self.lines))
-        self.url = next((ln.split("http ")[-1].strip() for ln in self.lines
-                         if ln.startswith("edgekit:") and "http://" in ln), None)
+        self.url = start_url("".join(self.lines))
 
     def _drain(self) -> None:
         for line in self.proc.stderr:
@@ -87,12 +102,22 @@ def test_http_endpoints_token_slow_clients_and_sigterm(exported, sample):
     try:
         assert d.url and d.url.startswith("http://127.0.0.1:")
         wait_for(lambda: d.get("healthz")[0] == 200)  # /healthz needs no token
+        health = json.loads(d.get("healthz")[1])
+        sha = file_sha256(exported / "model_int8.tflite")
+        assert health["model_sha256"] == sha and 0 < health["uptime_s"] < 120
         assert d.get("latest")[0] == 401 and d.get("metrics")[0] == 401
         assert d.get("latest", token="wrong")[0] == 401
         code, body = d.get("latest", token="s3cret")
         doc = json.loads(body)
         assert code == 200 and doc["label"] in LABELS and doc["frame_age_ms"] >= 0
         assert doc["backend"].startswith("ai-edge-litert") and "dropped" in doc
+        assert doc["model_sha256"] == sha and doc["uptime_s"] >= health["uptime_s"]
+        # raw_top: the model's own top 3, whatever classify.top_k (1 here) says.
+        raw_top = doc["raw_top"]
+        assert len(doc["top"]) == 1 and len(raw_top) == 3
+        assert raw_top[0]["score"] == doc["raw"]["score"]
+        assert {t["label"] for t in raw_top} <= LABELS and len({t["index"] for t in raw_top}) == 3
+        assert [t["score"] for t in raw_top] == sorted((t["score"] for t in raw_top), reverse=True)
         code, page = d.get("?token=s3cret")
         assert code == 200 and b"stream.mjpg" in page and b"<script>" in page
         code, text = d.get("metrics", token="s3cret")

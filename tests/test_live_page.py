@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_runtime.fileio import file_sha256
 from edge_runtime.server import _page
 from tests.test_daemon import LABELS, DaemonProcess, wait_for
 from tests.test_daemon_browser import CHROMIUM, chromium
@@ -23,10 +24,7 @@ def _daemon(exported, sample, *extra: str) -> DaemonProcess:
     d = DaemonProcess("--model", str(exported / "model_int8.tflite"), "--source",
                       str(sample / "video.avi"), "--loop", "--http", "127.0.0.1:0",
                       "--set", "camera.realtime=true", "--set", "camera.fps=10",
-                      "--set", "output.jsonl=off", "--set", "classify.top_k=3",
-                      "--set", "classify.threshold=0", *extra)
-    # The start-up line may go on after the URL ("; keeping frames in ...").
-    d.url = re.search(r"http://[^\s;]+/", "".join(d.lines)).group(0)
+                      "--set", "output.jsonl=off", *extra)
     wait_for(lambda: d.get("healthz")[0] == 200)
     return d
 
@@ -71,12 +69,14 @@ def test_story_panels_in_headless_chromium(exported, sample, tmp_path):
         spark = re.search(r'id="spark-line"[^>]* points="([^"]*)"', dom).group(1).split()
         assert len(spark) >= 3 and all(2 <= float(p.split(",")[1]) <= 38 for p in spark)
         top = re.findall(r'<span class="n">([^<]*)</span>', _inner(dom, "top3", "<dl>"))
-        assert len(top) == 3 and set(top) <= LABELS, top  # classify.top_k=3: three bars
+        assert len(top) == 3 and set(top) <= LABELS, top  # raw_top, whatever classify.top_k
         counts = re.findall(r'<span class="n">([^<]*)</span><span class="t">.*?'
                             r'<span class="v">(\d+)</span>', _inner(dom, "counts", "</section>"))
         assert counts and {k for k, _ in counts} <= LABELS and sum(int(v) for _, v in counts) > 0
         assert _text(dom, "counts-title") == "Predictions per class (since start)"
         assert _text(dom, "health") == "ok" and _text(dom, "model") == "model_int8.tflite"
+        sha = file_sha256(exported / "model_int8.tflite")
+        assert _text(dom, "sha") == sha[:16] + "…"
         assert _text(dom, "selftest") in ("pass", "skip"), _text(dom, "selftest")
         assert re.fullmatch(r"(\d+ min )?\d+ s", _text(dom, "uptime")), _text(dom, "uptime")
         assert _text(dom, "reloads") == "0 ok, 0 failed"
