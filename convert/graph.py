@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime import tflite
+from edge_runtime import loadcheck, tflite
 
 _NUMPY = {"INT8": np.int8, "UINT8": np.uint8, "INT32": np.int32, "INT64": np.int64}
 
@@ -102,5 +102,5 @@ def read_graph(path: str | Path, load: bool = True) -> Graph:
                       outputs=tuple(tensors[j] for j in _ints(op.outputs))))
     graph = Graph(tensors, tuple(ops), _ints(g.inputs), _ints(g.outputs))
     if load:  # an Edge TPU model's custom op has no CPU kernel: build, don't allocate
-        tflite.load_check(path, allocate=not graph.compiled)
+        loadcheck.load_check(path, allocate=not graph.compiled)
     return graph

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from convert.lint import lint_model, main_lint
-from edge_runtime import tflite
+from edge_runtime import loadcheck, tflite
 from edge_runtime.errors import EdgekitError
 from tests.conftest import CORAL, run_cli
 
@@ -172,10 +172,10 @@ def test_the_cli_prints_one_line_for_a_bad_index(source, tmp_path):
 
 
 def test_a_crash_in_the_interpreter_is_one_error(monkeypatch):
-    monkeypatch.setattr(tflite, "_CHILD", "import os, signal; os.kill(os.getpid(), "
+    monkeypatch.setattr(loadcheck, "_CHILD", "import os, signal; os.kill(os.getpid(), "
                         "signal.SIGSEGV)")
     with pytest.raises(EdgekitError, match=r"crashed loading .*\(SIGSEGV\)"):
         lint_model(SOURCE)
-    monkeypatch.setattr(tflite, "_CHILD", "import time; time.sleep(30)")
+    monkeypatch.setattr(loadcheck, "_CHILD", "import time; time.sleep(30)")
     with pytest.raises(EdgekitError, match="did not load .* within 0.5 s"):
-        tflite.load_check(SOURCE, timeout=0.5)
+        loadcheck.load_check(SOURCE, timeout=0.5)

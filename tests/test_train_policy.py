@@ -76,9 +76,10 @@ def test_auto_pilot_is_scored_on_validation_recorded_and_run(sample, tmp_path, m
     import json
 
     import train.core
+    import train.model
     from train.config import TrainConfig
 
-    monkeypatch.setattr(train.core, "build_and_compile", _tiny_model)
+    monkeypatch.setattr(train.model, "build_and_compile", _tiny_model)
     cfg = TrainConfig(data=str(sample / "images"), out=str(tmp_path / "run"), weights="none",
                       img_size=32, epochs=2, batch_size=32, augment_policy="auto", seed=0)
     out = train.core.fine_tune(cfg)

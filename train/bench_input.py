@@ -46,8 +46,8 @@ def _measure(data: str, alpha: float, img_size: int, batch: int, steps: int,
 
     from .augment import Augment, build_augmenter
     from .config import TrainConfig
-    from .core import build_and_compile
     from .data import load_arrays, scan, stratified_split
+    from .model import build_and_compile
     from .pipeline import file_dataset, memory_dataset
 
     classes, files = scan(data)

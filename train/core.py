@@ -25,10 +25,11 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, warn
 from .data import Split, load_arrays
 from .field import evaluate_field, field_record, summary
+from .model import find_base, make_learning_rate, make_loss, unfreeze_top
 from .prepare import class_weights, prepare
 from .report import evaluate_predictions, plot_confusion, plot_history
 
-__all__ = ["TrainConfig", "fine_tune", "evaluate_predictions", "build_and_compile"]
+__all__ = ["TrainConfig", "fine_tune", "evaluate_predictions"]
 
 
 def _numbered(out: Path) -> Path:
@@ -105,7 +106,7 @@ def fine_tune(cfg: TrainConfig, resume: bool = False) -> Path:
             raise EdgekitError(f"weights file not found: {cfg.weights}")
     out, created = prepare_out(Path(cfg.out), cfg.force, resume)
     try:
-        return _fine_tune(cfg, out, resume)
+        return train_into(cfg, out, resume)
     except (EdgekitError, KeyboardInterrupt) as e:
         cleanup(out, created, isinstance(e, KeyboardInterrupt))
         raise
@@ -181,7 +182,7 @@ class _Run:
         return max(1, -(-len(self.data.split.train) // self.cfg.batch_size))
 
 
-def _fine_tune(cfg: TrainConfig, out: Path, resume: bool) -> Path:
+def train_into(cfg: TrainConfig, out: Path, resume: bool) -> Path:
     """Trains into the prepared folder ``out``: settings, data, training, outputs."""
     run = _start(cfg, out, resume)
     with training_context(run.cfg) as strategy:
@@ -312,6 +313,8 @@ def _callbacks(run: _Run) -> list:
 
 def _train(run: _Run, strategy):
     """Runs the phases still to run (head, then fine-tuning) and returns the best model."""
+    from .model import build_and_compile
+
     cfg, d = run.cfg, run.data
     train_ds, val_ds = datasets(cfg, d.root, d.split, len(d.classes), run.out, d.x_va, d.y_va)
     (run.out / "checkpoints").mkdir(exist_ok=True)
@@ -319,7 +322,7 @@ def _train(run: _Run, strategy):
     with strategy.scope():
         if run.resume:
             model = ckpt.load_model(ckpt.folder(run.out) / "last.keras")
-            base = _find_base(model)
+            base = find_base(model)
         else:
             model, base = build_and_compile(cfg, len(d.classes), run.weights, run.steps)
     if run.state.phase == "head" and not run.state.phase_done:
@@ -363,7 +366,7 @@ def _fit_head_on_features(run: _Run, model) -> None:
                               cfg.resize, cfg.interpolation)
         run.cache.update(x_tr=x, y_tr=y)
     cw = class_weights(d.split, len(d.classes)) if cfg.class_weights else None
-    lr = _learning_rate(cfg, run.steps, cfg.learning_rate, cfg.epochs)
+    lr = make_learning_rate(cfg, run.steps, cfg.learning_rate, cfg.epochs)
     _, t_feat, t_fit = fit_head_on_features(
         model, cfg, lr, run.cache["x_tr"], run.cache["y_tr"], d.x_va, d.y_va, cfg.epochs,
         callbacks=_callbacks(run), class_weight=cw,
@@ -379,9 +382,9 @@ def _start_fine_tuning(run: _Run, model, base, strategy) -> None:
 
     cfg = run.cfg
     with strategy.scope():
-        _unfreeze_top(base, cfg.unfreeze)
-        lr = _learning_rate(cfg, run.steps, cfg.learning_rate / 10, cfg.fine_tune_epochs)
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss=_loss(cfg),
+        unfreeze_top(base, cfg.unfreeze)
+        lr = make_learning_rate(cfg, run.steps, cfg.learning_rate / 10, cfg.fine_tune_epochs)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=make_loss(cfg),
                       metrics=["accuracy"])
     ckpt.start_phase(run.out, run.state, "fine_tune")
 
@@ -449,28 +452,6 @@ def _write_outputs(run: _Run, model, train_seconds: float) -> None:
           f"{train_seconds:.0f} s; wrote {out}")
 
 
-def _loss(cfg: TrainConfig):
-    import keras
-
-    if cfg.label_smoothing:
-        return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    return keras.losses.SparseCategoricalCrossentropy()
-
-
-def _learning_rate(cfg: TrainConfig, steps_per_epoch: int, base_lr: float, epochs: int):
-    import keras
-
-    warmup = cfg.warmup_epochs * steps_per_epoch
-    if cfg.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else base_lr, decay_steps=max(1, epochs * steps_per_epoch - warmup),
-            warmup_target=base_lr if warmup else None, warmup_steps=warmup)
-    if warmup and cfg.lr_schedule == "constant":
-        return keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps=1, alpha=1.0, warmup_target=base_lr, warmup_steps=warmup)
-    return base_lr  # "plateau" needs a plain rate for ReduceLROnPlateau to lower
-
-
 def distribution_strategy(name: str):
     """The tf.distribute strategy for ``name`` (mixed precision: see
     :func:`training_context`)."""
@@ -484,41 +465,6 @@ def distribution_strategy(name: str):
                                "describing the cluster")
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def build_and_compile(cfg: TrainConfig, num_classes: int, weights: str | None,
-                      steps_per_epoch: int = 1):
-    """Builds the model for ``cfg`` and compiles it for head training."""
-    import keras
-
-    from .model import build_model
-
-    model, base = build_model(num_classes, cfg.alpha, cfg.img_size, weights, cfg.dropout,
-                              cfg.l2)
-    lr = _learning_rate(cfg, steps_per_epoch, cfg.learning_rate, cfg.epochs)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=_loss(cfg), metrics=["accuracy"])
-    return model, base
-
-
-def _find_base(model):
-    """The MobileNetV2 base inside a loaded model (the nested functional model)."""
-    import keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            return layer
-    raise EdgekitError("checkpoint has no MobileNetV2 base model inside")
-
-
-def _unfreeze_top(base, n: int) -> None:
-    import keras
-
-    base.trainable = True
-    for layer in base.layers[:-n] if n > 0 else base.layers:
-        layer.trainable = False
-    for layer in base.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False  # keep BatchNorm statistics frozen while fine-tuning
 
 
 def _environment() -> dict:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_runtime.errors import EdgekitError
+
+if TYPE_CHECKING:  # train.config imports this module's ALPHAS
+    from .config import TrainConfig
 
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
@@ -106,3 +110,64 @@ def recalibrate_batchnorm(model, batches) -> None:
     finally:
         for bn, m in zip(bns, saved):
             bn.momentum = m
+
+
+def make_loss(cfg: TrainConfig):
+    """Cross-entropy, with label smoothing when ``cfg`` asks (one-hot labels then)."""
+    import keras
+
+    if cfg.label_smoothing:
+        return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def make_learning_rate(cfg: TrainConfig, steps_per_epoch: int, base_lr: float,
+                       epochs: int):
+    """The rate or schedule ``cfg.lr_schedule`` names, after ``cfg.warmup_epochs`` of warm-up."""
+    import keras
+
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if cfg.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else base_lr, decay_steps=max(1, epochs * steps_per_epoch - warmup),
+            warmup_target=base_lr if warmup else None, warmup_steps=warmup)
+    if warmup and cfg.lr_schedule == "constant":
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=1, alpha=1.0, warmup_target=base_lr, warmup_steps=warmup)
+    return base_lr  # "plateau" needs a plain rate for ReduceLROnPlateau to lower
+
+
+def build_and_compile(cfg: TrainConfig, num_classes: int, weights: str | None,
+                      steps_per_epoch: int = 1):
+    """Builds the model for ``cfg`` and compiles it for head training."""
+    import keras
+
+    model, base = build_model(num_classes, cfg.alpha, cfg.img_size, weights, cfg.dropout,
+                              cfg.l2)
+    lr = make_learning_rate(cfg, steps_per_epoch, cfg.learning_rate, cfg.epochs)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=make_loss(cfg),
+                  metrics=["accuracy"])
+    return model, base
+
+
+def find_base(model):
+    """The MobileNetV2 base inside a loaded model (the nested functional model)."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    raise EdgekitError("checkpoint has no MobileNetV2 base model inside")
+
+
+def unfreeze_top(base, n: int) -> None:
+    """Makes the top ``n`` layers of ``base`` trainable (none when ``n`` <= 0), BatchNorm
+    excepted."""
+    import keras
+
+    base.trainable = True
+    for layer in base.layers[:-n] if n > 0 else base.layers:
+        layer.trainable = False
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # keep BatchNorm statistics frozen while fine-tuning

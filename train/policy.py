@@ -57,7 +57,7 @@ def head_model(model, cfg, lr):
     ``model``'s classifier weights and compiled like it (learning rate ``lr``)."""
     import keras
 
-    from .core import _loss
+    from .model import make_loss
 
     clf = model.get_layer("classifier")
     n_in = int(clf.kernel.shape[0])
@@ -68,7 +68,8 @@ def head_model(model, cfg, lr):
                              dtype="float32", name="classifier")(x)
     head = keras.Model(inp, out, name="head")
     head.get_layer("classifier").set_weights(clf.get_weights())
-    head.compile(optimizer=keras.optimizers.Adam(lr), loss=_loss(cfg), metrics=["accuracy"])
+    head.compile(optimizer=keras.optimizers.Adam(lr), loss=make_loss(cfg),
+                 metrics=["accuracy"])
     return head
 
 
@@ -174,9 +175,8 @@ def choose_augmentation(cfg, data, weights, steps: int, cached: dict | None = No
     import keras
 
     from .augment import build_augmenter
-    from .core import _learning_rate, build_and_compile
     from .data import load_arrays
-    from .model import recalibrate_batchnorm
+    from .model import build_and_compile, make_learning_rate, recalibrate_batchnorm
     from .pipeline import memory_dataset
     from .prepare import class_weights
 
@@ -201,7 +201,7 @@ def choose_augmentation(cfg, data, weights, steps: int, cached: dict | None = No
                             if cfg.lr_schedule == "plateau" else cfg.lr_schedule)
         model, _ = build_and_compile(trial_cfg, k, weights, steps)
         if weights is not None and aug is None:
-            lr = _learning_rate(trial_cfg, steps, cfg.learning_rate, epochs)
+            lr = make_learning_rate(trial_cfg, steps, cfg.learning_rate, epochs)
             hist, _, _ = fit_head_on_features(model, trial_cfg, lr, x_tr, y_tr, data.x_va,
                                               y_va, epochs, class_weight=cw)
             how = "cached features"

@@ -19,18 +19,9 @@ from edge_runtime.errors import EdgekitError
 from edge_runtime.fileio import write_json
 
 from .config import TrainConfig, warn
-from .core import (
-    _find_base,
-    _fine_tune,
-    _loss,
-    _unfreeze_top,
-    build_and_compile,
-    cleanup,
-    datasets,
-    prepare_out,
-    training_context,
-)
+from .core import cleanup, datasets, prepare_out, train_into, training_context
 from .data import load_arrays
+from .model import build_and_compile, find_base, make_loss, unfreeze_top
 from .prepare import class_weights, prepare
 
 TUNED_ALPHAS = (0.35, 0.5, 0.75, 1.0)
@@ -99,9 +90,9 @@ def _search_and_train(kt, cfg: TrainConfig, out: Path, max_trials: int,
             kwargs["epochs"] = tune_epochs
             best = max(model.fit(*args, **kwargs).history.get("val_accuracy", [0.0]))
             if fine_tuning:
-                _unfreeze_top(_find_base(model), hp.get("unfreeze"))
+                unfreeze_top(find_base(model), hp.get("unfreeze"))
                 model.compile(optimizer=keras.optimizers.Adam(hp.get("learning_rate") / 10),
-                              loss=_loss(cfg), metrics=["accuracy"])
+                              loss=make_loss(cfg), metrics=["accuracy"])
                 more = model.fit(*args, **kwargs).history.get("val_accuracy", [0.0])
                 best = max(best, *more)
             return {"val_accuracy": best}
@@ -130,4 +121,4 @@ def _search_and_train(kt, cfg: TrainConfig, out: Path, max_trials: int,
                     dropout=float(best["dropout"]), alpha=float(best["alpha"]),
                     unfreeze=int(best.get("unfreeze", cfg.unfreeze)))
     keras.backend.clear_session()
-    return _fine_tune(final, out, False)
+    return train_into(final, out, False)
