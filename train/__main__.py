@@ -35,12 +35,6 @@ def _brightness(text: str) -> tuple[float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for ``python -m train``."""
-    from edge_runtime.preprocess import DEFAULT_INTERPOLATION, INTERPOLATIONS
-
-    from .augment import FLIPS
-    from .config import AUGMENT_CHOICES, CACHE_CHOICES, SCHEDULES, STRATEGIES
-    from .model import ALPHAS
-
     p = Parser(prog="python -m train", description=__doc__.split("\n")[0])
     p.add_argument("--data",
                    help="class folders, train/val[/test] folders, a path,label CSV, a pixel "
@@ -53,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing run folder (default: write to NAME-2, NAME-3...)")
     p.add_argument("--verbose", action="store_true",
                    help="also show TensorFlow's own log lines (hidden by default)")
+    for add in (_model_args, _training_args, _data_args, _augment_args, _tune_args):
+        add(p)
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    from .model import ALPHAS
+
     m = p.add_argument_group("model")
     m.add_argument("--weights", default="imagenet",
                    help="'imagenet' (downloads), 'none' (from scratch), or a local no-top .h5")
@@ -62,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input size (px); ImageNet weights exist for 96, 128, 160, 192, 224")
     m.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
     m.add_argument("--l2", type=float, default=0.0, help="L2 penalty on the classifier")
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    from .config import SCHEDULES, STRATEGIES
+
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int_at_least(1), default=10, help="head-training epochs")
     t.add_argument("--fine-tune-epochs", type=int_at_least(0), default=0,
@@ -83,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                    default="default", help="tf.distribute strategy (multiworker reads TF_CONFIG)")
     t.add_argument("--seed", type=int, default=0,
                    help="fixes split, initialisation, shuffling and augmentation")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    from edge_runtime.preprocess import DEFAULT_INTERPOLATION, INTERPOLATIONS
+
+    from .config import CACHE_CHOICES
+
     d = p.add_argument_group("data")
     d.add_argument("--resize", choices=("center_crop", "stretch"), default="center_crop",
                    help="how images (and later camera frames) are fitted to the input")
@@ -102,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cache", choices=CACHE_CHOICES, default="memory",
                    help="keep decoded images after the first epoch: in memory, in a file in "
                         "the run folder (large datasets), or not at all")
+
+
+def _augment_args(p: argparse.ArgumentParser) -> None:
+    from .augment import FLIPS
+    from .config import AUGMENT_CHOICES
+
     a = p.add_argument_group("augmentation (training only; 0 turns one off; a flag given "
                              "here overrides the --augment policy's value)")
     a.add_argument("--augment", choices=AUGMENT_CHOICES, default="auto",
@@ -119,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--brightness", type=_brightness,
                    help="brightness factor range LOW,HIGH, 1 = off (classic: 0.4,1.5)")
     a.add_argument("--contrast", type=float, help="max contrast change, fraction (classic: 0)")
+
+
+def _tune_args(p: argparse.ArgumentParser) -> None:
     h = p.add_argument_group("hyperparameter search (KerasTuner)")
     h.add_argument("--tune", action="store_true",
                    help="search learning rate, dropout, unfreeze depth and alpha first, then "
@@ -126,7 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--max-trials", type=int_at_least(1), default=10, help="trial budget")
     h.add_argument("--tune-epochs", type=int_at_least(1), default=5,
                    help="head-training epochs per trial (fine-tuning trials get as many)")
-    return p
 
 
 def config_from_args(args: argparse.Namespace):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -174,86 +175,17 @@ def choose_augmentation(cfg, data, weights, steps: int, cached: dict | None = No
     """
     import keras
 
-    from .augment import build_augmenter
-    from .data import load_arrays
-    from .model import build_and_compile, make_learning_rate, recalibrate_batchnorm
-    from .pipeline import memory_dataset
-    from .prepare import class_weights
-
     t_start = time.time()
-    size = (cfg.img_size, cfg.img_size)
-    x_tr, y_tr, _ = load_arrays(data.root, data.split.train, size, cfg.resize,
-                                cfg.interpolation)
+    pilot = _Pilot.start(cfg, data, weights, steps)
     if cached is not None:
-        cached.update(x_tr=x_tr, y_tr=y_tr)
-    k = len(data.classes)
-    cw = class_weights(data.split, k) if cfg.class_weights else None
-    epochs = pilot_epochs(cfg.epochs, steps)
-    y_va = data.y_va
-    results: list[dict] = []
-    print(f"augmentation pilot: {epochs} epochs per candidate, scored on the validation "
-          f"split ({len(y_va)} images)", file=sys.stderr)
-
-    def trial(name: str, aug: Augment | None) -> dict:
-        t0 = time.time()
-        keras.utils.set_random_seed(cfg.seed)
-        trial_cfg = replace(cfg, augment=aug, epochs=epochs, lr_schedule="constant"
-                            if cfg.lr_schedule == "plateau" else cfg.lr_schedule)
-        model, _ = build_and_compile(trial_cfg, k, weights, steps)
-        if weights is not None and aug is None:
-            lr = make_learning_rate(trial_cfg, steps, cfg.learning_rate, epochs)
-            hist, _, _ = fit_head_on_features(model, trial_cfg, lr, x_tr, y_tr, data.x_va,
-                                              y_va, epochs, class_weight=cw)
-            how = "cached features"
-        else:
-            yt, yv = y_tr, y_va
-            if cfg.label_smoothing:
-                yt, yv = np.eye(k, dtype=np.float32)[y_tr], np.eye(k, dtype=np.float32)[y_va]
-            augmenter = build_augmenter(aug, cfg.seed) if aug else None
-            tr = memory_dataset(x_tr, yt, cfg.batch_size, cfg.seed, train=True,
-                                augmenter=augmenter)
-            va = memory_dataset(data.x_va, yv, cfg.batch_size, cfg.seed, train=False)
-            if weights is None:
-                # From scratch, BatchNorm's moving statistics lag far behind a few epochs
-                # of training (validation would sit at chance for every candidate): train,
-                # re-estimate them on the training images as the run does, then score once.
-                hist = model.fit(tr, epochs=epochs, class_weight=cw, verbose=0).history
-                recalibrate_batchnorm(model, (x_tr[i:i + cfg.batch_size].astype(np.float32)
-                                              for i in range(0, len(x_tr), cfg.batch_size)))
-                loss, acc = model.evaluate(va, verbose=0)
-                hist |= {"val_accuracy": [acc], "val_loss": [loss]}
-            else:
-                hist = model.fit(tr, validation_data=va, epochs=epochs, class_weight=cw,
-                                 verbose=0).history
-            how = "images"
-        score = _score(hist, len(y_va))
-        row = {"policy": name, "augment": aug.to_dict() if aug else None,
-               "val_accuracy": [round(float(a), 4) for a in hist["val_accuracy"]],
-               "train_accuracy": [round(float(a), 4) for a in hist["accuracy"]],
-               "score": round(score, 5), "trained_on": how,
-               "seconds": round(time.time() - t0, 1)}
-        print(f"  {name:14s} best val accuracy {max(hist['val_accuracy']):.3f} "
-              f"({row['seconds']:.0f} s)", file=sys.stderr)
-        keras.backend.clear_session(free_memory=True)
-        results.append(row)
-        return row
-
-    def correct(row: dict) -> int:  # validation images right at the best epoch
-        return round(max(row["val_accuracy"]) * len(y_va))
-
-    for name, aug in _candidates(cfg):
-        trial(name, aug)
-    # Equally accurate candidates go to the lighter policy (listed first): a pilot this
-    # short cannot tell them apart, and strong augmentation is what fails to fit.
-    best = max(results, key=lambda r: (correct(r), -results.index(r)))
-    if best["policy"] != "none":
-        flipped = replace(preset(best["policy"]), flip="horizontal")
-        row = trial(best["policy"] + "+flip", flipped)
-        if correct(row) > correct(best):  # flipping must earn its place
-            best = row
+        cached.update(x_tr=pilot.x_tr, y_tr=pilot.y_tr)
+    print(f"augmentation pilot: {pilot.epochs} epochs per candidate, scored on the "
+          f"validation split ({len(data.y_va)} images)", file=sys.stderr)
+    results = [_trial(pilot, name, aug) for name, aug in _candidates(cfg)]
+    best = _winner(pilot, results)
     chosen = (None if best["augment"] is None else
               Augment(**(best["augment"] | {"brightness": tuple(best["augment"]["brightness"])})))
-    record = {"epochs_per_candidate": epochs, "scored_on": "validation split",
+    record = {"epochs_per_candidate": pilot.epochs, "scored_on": "validation split",
               "candidates": results, "winner": best["policy"],
               "seconds": round(time.time() - t_start, 1)}
     write_json(Path(cfg.out) / "augment_pilot.json", record)
@@ -262,6 +194,107 @@ def choose_augmentation(cfg, data, weights, steps: int, cached: dict | None = No
           "--augment none|light|classic overrides)")
     keras.utils.set_random_seed(cfg.seed)
     return replace(cfg, augment=chosen), record
+
+
+@dataclass
+class _Pilot:
+    """What every candidate of one pilot shares."""
+
+    cfg: Any
+    data: Any
+    weights: str | None
+    steps: int
+    epochs: int
+    x_tr: np.ndarray
+    y_tr: np.ndarray
+    class_weight: dict | None
+
+    @classmethod
+    def start(cls, cfg, data, weights, steps: int) -> _Pilot:
+        """Decodes the training images once for all candidates."""
+        from .data import load_arrays
+        from .prepare import class_weights
+
+        x_tr, y_tr, _ = load_arrays(data.root, data.split.train, (cfg.img_size, cfg.img_size),
+                                    cfg.resize, cfg.interpolation)
+        cw = class_weights(data.split, len(data.classes)) if cfg.class_weights else None
+        return cls(cfg, data, weights, steps, pilot_epochs(cfg.epochs, steps), x_tr, y_tr, cw)
+
+
+def _winner(pilot: _Pilot, results: list[dict]) -> dict:
+    """The best of ``results``, then tried with a horizontal flip (appended to ``results``)."""
+    n_val = len(pilot.data.y_va)
+
+    def correct(row: dict) -> int:  # validation images right at the best epoch
+        return round(max(row["val_accuracy"]) * n_val)
+
+    # Equally accurate candidates go to the lighter policy (listed first): a pilot this
+    # short cannot tell them apart, and strong augmentation is what fails to fit.
+    best = max(results, key=lambda r: (correct(r), -results.index(r)))
+    if best["policy"] != "none":
+        flipped = replace(preset(best["policy"]), flip="horizontal")
+        row = _trial(pilot, best["policy"] + "+flip", flipped)
+        results.append(row)
+        if correct(row) > correct(best):  # flipping must earn its place
+            best = row
+    return best
+
+
+def _trial(pilot: _Pilot, name: str, aug: Augment | None) -> dict:
+    """Trains one candidate from the same seed and returns its pilot record row."""
+    import keras
+
+    from .model import build_and_compile, make_learning_rate
+
+    t0, cfg = time.time(), pilot.cfg
+    keras.utils.set_random_seed(cfg.seed)
+    trial_cfg = replace(cfg, augment=aug, epochs=pilot.epochs, lr_schedule="constant"
+                        if cfg.lr_schedule == "plateau" else cfg.lr_schedule)
+    model, _ = build_and_compile(trial_cfg, len(pilot.data.classes), pilot.weights, pilot.steps)
+    if pilot.weights is not None and aug is None:
+        lr = make_learning_rate(trial_cfg, pilot.steps, cfg.learning_rate, pilot.epochs)
+        hist, _, _ = fit_head_on_features(model, trial_cfg, lr, pilot.x_tr, pilot.y_tr,
+                                          pilot.data.x_va, pilot.data.y_va, pilot.epochs,
+                                          class_weight=pilot.class_weight)
+        how = "cached features"
+    else:
+        hist, how = _fit_on_images(pilot, model, aug), "images"
+    row = {"policy": name, "augment": aug.to_dict() if aug else None,
+           "val_accuracy": [round(float(a), 4) for a in hist["val_accuracy"]],
+           "train_accuracy": [round(float(a), 4) for a in hist["accuracy"]],
+           "score": round(_score(hist, len(pilot.data.y_va)), 5), "trained_on": how,
+           "seconds": round(time.time() - t0, 1)}
+    print(f"  {name:14s} best val accuracy {max(hist['val_accuracy']):.3f} "
+          f"({row['seconds']:.0f} s)", file=sys.stderr)
+    keras.backend.clear_session(free_memory=True)
+    return row
+
+
+def _fit_on_images(pilot: _Pilot, model, aug: Augment | None) -> dict:
+    """Trains ``model`` on the (augmented) decoded images; returns its history."""
+    from .augment import build_augmenter
+    from .model import recalibrate_batchnorm
+    from .pipeline import memory_dataset
+
+    cfg, k, y_va = pilot.cfg, len(pilot.data.classes), pilot.data.y_va
+    x_tr, yt, yv = pilot.x_tr, pilot.y_tr, y_va
+    if cfg.label_smoothing:
+        yt, yv = np.eye(k, dtype=np.float32)[yt], np.eye(k, dtype=np.float32)[y_va]
+    augmenter = build_augmenter(aug, cfg.seed) if aug else None
+    tr = memory_dataset(x_tr, yt, cfg.batch_size, cfg.seed, train=True, augmenter=augmenter)
+    va = memory_dataset(pilot.data.x_va, yv, cfg.batch_size, cfg.seed, train=False)
+    if pilot.weights is not None:
+        return model.fit(tr, validation_data=va, epochs=pilot.epochs,
+                         class_weight=pilot.class_weight, verbose=0).history
+    # From scratch, BatchNorm's moving statistics lag far behind a few epochs of training
+    # (validation would sit at chance for every candidate): train, re-estimate them on the
+    # training images as the run does, then score once.
+    hist = model.fit(tr, epochs=pilot.epochs, class_weight=pilot.class_weight,
+                     verbose=0).history
+    recalibrate_batchnorm(model, (x_tr[i:i + cfg.batch_size].astype(np.float32)
+                                  for i in range(0, len(x_tr), cfg.batch_size)))
+    loss, acc = model.evaluate(va, verbose=0)
+    return hist | {"val_accuracy": [acc], "val_loss": [loss]}
 
 
 def write_preview(cfg, root: Path, items, path: Path, n: int = 24) -> Path:
