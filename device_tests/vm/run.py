@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     times["inputs"] = time.monotonic() - t
     t = time.monotonic()
     env = {**os.environ, "EDGEKIT_VM_IMAGE": str(image), "EDGEKIT_VM_INPUTS": str(work)}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-rs", "-p", "no:cacheprovider",
-           str(HERE), *pytest_args]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-rs", "--tb=short", "-p",
+           "no:cacheprovider", str(HERE), *pytest_args]
     tests = subprocess.run(cmd, env=env, cwd=ROOT)
     times["boot + tests"] = time.monotonic() - t
     log("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items())
