@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -97,7 +97,18 @@ class _Layout:
     n_buffers: int
 
 
+# Field numbers of the TFLite schema (schema.fbs) that the layout reads.
+_MODEL_OPERATOR_CODES, _MODEL_SUBGRAPHS, _MODEL_BUFFERS = 1, 2, 4
+_OPCODE_DEPRECATED_BUILTIN, _OPCODE_BUILTIN = 0, 3
+_BUFFER_DATA = 0
+_SUBGRAPH_TENSORS, _SUBGRAPH_INPUTS, _SUBGRAPH_OUTPUTS, _SUBGRAPH_OPERATORS = 0, 1, 2, 3
+_TENSOR_SHAPE, _TENSOR_TYPE, _TENSOR_BUFFER, _TENSOR_NAME, _TENSOR_QUANTIZATION = 0, 1, 2, 3, 4
+_QUANTIZATION_SCALE = 2
+_OPERATOR_OPCODE_INDEX, _OPERATOR_INPUTS, _OPERATOR_OUTPUTS = 0, 1, 2
+
+
 def _layout(model: bytes) -> _Layout:
+    """Walks ``model``'s FlatBuffer and records where each mutable value lies."""
     fb = _FlatBuffer(model)
     root = fb.u32(0)
     mf = fb.fields(root)
@@ -108,80 +119,99 @@ def _layout(model: bytes) -> _Layout:
                                   "tensor": [], "tensor_name": [], "operator": [],
                                   "buffer_data": [], "quantization": []}
     out = _Layout(root, [], [], [], [], [], [], [], [], [], [], [], lens, offs, 0, 0)
-    if 1 in mf:
-        offs["operator_codes"].append(mf[1])
-        lens["operator_codes"].append(fb.vector(mf[1])[0])
-        for oc in fb.tables(mf[1]):
-            f = fb.fields(oc)
-            if 3 in f:
-                out.opcode_builtin.append(f[3])
-            if 0 in f:
-                out.opcode_deprecated.append(f[0])
+    n_tensors = n_buffers = 0
+    if _MODEL_OPERATOR_CODES in mf:
+        _operator_codes(fb, out, mf[_MODEL_OPERATOR_CODES])
+    if _MODEL_BUFFERS in mf:
+        n_buffers = _buffers(fb, out, mf[_MODEL_BUFFERS])
+    if _MODEL_SUBGRAPHS in mf:
+        offs["subgraphs"].append(mf[_MODEL_SUBGRAPHS])
+        lens["subgraphs"].append(fb.vector(mf[_MODEL_SUBGRAPHS])[0])
+        n_tensors = sum(_subgraph(fb, out, sg) for sg in fb.tables(mf[_MODEL_SUBGRAPHS]))
+    return replace(out, n_tensors=n_tensors, n_buffers=n_buffers)
+
+
+def _operator_codes(fb: _FlatBuffer, out: _Layout, field: int) -> None:
+    out.offsets["operator_codes"].append(field)
+    out.vector_lengths["operator_codes"].append(fb.vector(field)[0])
+    for oc in fb.tables(field):
+        f = fb.fields(oc)
+        if _OPCODE_BUILTIN in f:
+            out.opcode_builtin.append(f[_OPCODE_BUILTIN])
+        if _OPCODE_DEPRECATED_BUILTIN in f:
+            out.opcode_deprecated.append(f[_OPCODE_DEPRECATED_BUILTIN])
+
+
+def _buffers(fb: _FlatBuffer, out: _Layout, field: int) -> int:
+    """Records the buffers; returns how many there are."""
+    out.offsets["buffers"].append(field)
+    out.vector_lengths["buffers"].append(fb.vector(field)[0])
+    for buf in fb.tables(field):
+        f = fb.fields(buf)
+        if _BUFFER_DATA in f:
+            out.offsets["buffer_data"].append(f[_BUFFER_DATA])
+            out.vector_lengths["buffer_data"].append(fb.vector(f[_BUFFER_DATA])[0])
+    return fb.vector(field)[2]
+
+
+def _subgraph(fb: _FlatBuffer, out: _Layout, sg: int) -> int:
+    """Records one subgraph; returns its number of tensors."""
+    f = fb.fields(sg)
+    inputs: list[int] = []
+    if _SUBGRAPH_INPUTS in f:
+        _, start, n = fb.vector(f[_SUBGRAPH_INPUTS])
+        out.subgraph_inputs.extend(start + 4 * i for i in range(n))
+        inputs = [fb.i32(start + 4 * i) for i in range(n)]
+    if _SUBGRAPH_OUTPUTS in f:
+        _, start, n = fb.vector(f[_SUBGRAPH_OUTPUTS])
+        out.subgraph_outputs.extend(start + 4 * i for i in range(n))
     n_tensors = 0
-    if 4 in mf:
-        offs["buffers"].append(mf[4])
-        lens["buffers"].append(fb.vector(mf[4])[0])
-        object.__setattr__(out, "n_buffers", fb.vector(mf[4])[2])
-        for buf in fb.tables(mf[4]):
-            f = fb.fields(buf)
-            if 0 in f:
-                offs["buffer_data"].append(f[0])
-                lens["buffer_data"].append(fb.vector(f[0])[0])
-    if 2 in mf:
-        offs["subgraphs"].append(mf[2])
-        lens["subgraphs"].append(fb.vector(mf[2])[0])
-        for sg in fb.tables(mf[2]):
-            f = fb.fields(sg)
-            inputs: list[int] = []
-            if 1 in f:
-                _, start, n = fb.vector(f[1])
-                out.subgraph_inputs.extend(start + 4 * i for i in range(n))
-                inputs = [fb.i32(start + 4 * i) for i in range(n)]
-            if 2 in f:
-                _, start, n = fb.vector(f[2])
-                out.subgraph_outputs.extend(start + 4 * i for i in range(n))
-            if 0 in f:
-                lens["tensors"].append(fb.vector(f[0])[0])
-                _, tstart, n = fb.vector(f[0])
-                n_tensors += n
-                for ti, t in enumerate(fb.tables(f[0])):
-                    offs["tensor"].append(tstart + 4 * ti)
-                    tf = fb.fields(t)
-                    if 0 in tf:
-                        lens["shape"].append(fb.vector(tf[0])[0])
-                        _, s0, sn = fb.vector(tf[0])
-                        dims = [s0 + 4 * k for k in range(sn)]
-                        out.tensor_shape_dims.extend(dims)
-                        if ti in inputs:
-                            out.input_shape_dims.extend(dims)
-                    if 1 in tf:
-                        out.tensor_type.append(tf[1])
-                    if 2 in tf:
-                        out.tensor_buffer.append(tf[2])
-                    if 3 in tf:
-                        offs["tensor_name"].append(tf[3])
-                    if 4 in tf:
-                        offs["quantization"].append(tf[4])
-                        qf = fb.fields(fb.deref(tf[4]))
-                        if 2 in qf:
-                            lens["quant_scale"].append(fb.vector(qf[2])[0])
-            if 3 in f:
-                lens["operators"].append(fb.vector(f[3])[0])
-                _, ostart, n = fb.vector(f[3])
-                for oi, op in enumerate(fb.tables(f[3])):
-                    offs["operator"].append(ostart + 4 * oi)
-                    of = fb.fields(op)
-                    if 0 in of:
-                        out.op_opcode_index.append(of[0])
-                    if 1 in of:
-                        lens["op_inputs"].append(fb.vector(of[1])[0])
-                        _, s0, sn = fb.vector(of[1])
-                        out.op_inputs.extend(s0 + 4 * k for k in range(sn))
-                    if 2 in of:
-                        _, s0, sn = fb.vector(of[2])
-                        out.op_outputs.extend(s0 + 4 * k for k in range(sn))
-    object.__setattr__(out, "n_tensors", n_tensors)
-    return out
+    if _SUBGRAPH_TENSORS in f:
+        out.vector_lengths["tensors"].append(fb.vector(f[_SUBGRAPH_TENSORS])[0])
+        _, tstart, n_tensors = fb.vector(f[_SUBGRAPH_TENSORS])
+        for ti, t in enumerate(fb.tables(f[_SUBGRAPH_TENSORS])):
+            out.offsets["tensor"].append(tstart + 4 * ti)
+            _tensor(fb, out, fb.fields(t), ti in inputs)
+    if _SUBGRAPH_OPERATORS in f:
+        out.vector_lengths["operators"].append(fb.vector(f[_SUBGRAPH_OPERATORS])[0])
+        _, ostart, _ = fb.vector(f[_SUBGRAPH_OPERATORS])
+        for oi, op in enumerate(fb.tables(f[_SUBGRAPH_OPERATORS])):
+            out.offsets["operator"].append(ostart + 4 * oi)
+            _operator(fb, out, fb.fields(op))
+    return n_tensors
+
+
+def _tensor(fb: _FlatBuffer, out: _Layout, tf: dict[int, int], is_input: bool) -> None:
+    if _TENSOR_SHAPE in tf:
+        out.vector_lengths["shape"].append(fb.vector(tf[_TENSOR_SHAPE])[0])
+        _, s0, sn = fb.vector(tf[_TENSOR_SHAPE])
+        dims = [s0 + 4 * k for k in range(sn)]
+        out.tensor_shape_dims.extend(dims)
+        if is_input:
+            out.input_shape_dims.extend(dims)
+    if _TENSOR_TYPE in tf:
+        out.tensor_type.append(tf[_TENSOR_TYPE])
+    if _TENSOR_BUFFER in tf:
+        out.tensor_buffer.append(tf[_TENSOR_BUFFER])
+    if _TENSOR_NAME in tf:
+        out.offsets["tensor_name"].append(tf[_TENSOR_NAME])
+    if _TENSOR_QUANTIZATION in tf:
+        out.offsets["quantization"].append(tf[_TENSOR_QUANTIZATION])
+        qf = fb.fields(fb.deref(tf[_TENSOR_QUANTIZATION]))
+        if _QUANTIZATION_SCALE in qf:
+            out.vector_lengths["quant_scale"].append(fb.vector(qf[_QUANTIZATION_SCALE])[0])
+
+
+def _operator(fb: _FlatBuffer, out: _Layout, of: dict[int, int]) -> None:
+    if _OPERATOR_OPCODE_INDEX in of:
+        out.op_opcode_index.append(of[_OPERATOR_OPCODE_INDEX])
+    if _OPERATOR_INPUTS in of:
+        out.vector_lengths["op_inputs"].append(fb.vector(of[_OPERATOR_INPUTS])[0])
+        _, s0, sn = fb.vector(of[_OPERATOR_INPUTS])
+        out.op_inputs.extend(s0 + 4 * k for k in range(sn))
+    if _OPERATOR_OUTPUTS in of:
+        _, s0, sn = fb.vector(of[_OPERATOR_OUTPUTS])
+        out.op_outputs.extend(s0 + 4 * k for k in range(sn))
 
 
 def _put(data: bytes, pos: int, fmt: str, value: int) -> bytes:
