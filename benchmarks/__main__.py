@@ -148,8 +148,10 @@ def _measure(args: argparse.Namespace) -> int:
         isolate=not args.no_isolate, device_name=args.device_name,
         edgetpu_device=args.edgetpu, compare_to=args.compare, tolerance=args.tolerance,
         accuracy_tolerance=args.accuracy_tolerance, out_dir=args.out)
-    print(report.read_text())
-    print(f"wrote {report.parent}")
+    from .report import summary
+
+    print(summary(results))
+    print(f"wrote {report.parent} (the full report: {report})")
     return _verdict(results.get("comparison"), args.strict)
 
 

@@ -240,6 +240,18 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     return out_dir / "report.md"
 
 
+def summary(results: dict[str, Any]) -> str:
+    """A few lines for the terminal: one per row (top-1, p50 latency, fps), then the
+    warnings; the whole story is in report.md."""
+    lines = []
+    for r in results["rows"]:
+        lat = (r.get("latency_ms") or {}).get("p50")
+        lines.append(f"{r['variant']:>10}  {r['threads']} thread(s)  {accelerator(r)}: top-1 "
+                     f"{_f(r.get('top1'), '.4f', '-')}, p50 {_f(lat, '.3f', '-')} ms, "
+                     f"{_f(r.get('throughput_fps'), '.0f', '-')} fps")
+    return "\n".join(lines + [f"warning: {w}" for w in results.get("warnings") or []])
+
+
 def write_all(results: dict[str, Any], out_dir: Path) -> Path:
     """Writes results.json, results.csv, the plots and report.md; returns the report path."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 Usage:
     python -m convert [export] runs/NAME [--variants float32,int8,edgetpu] [--calib N]
                       [--io uint8|int8|float] [--max-drop PTS] [--float-layers NAME,...]
-                      [--allow-cpu-fallback]
+                      [--allow-cpu-fallback] [--verbose]
     python -m convert [export] MODEL.keras|SAVED_MODEL_DIR --labels L --img-size N [--data DIR]
     python -m convert lint MODEL.tflite [--json]
 
@@ -21,7 +21,6 @@ intact, none partial).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from edge_runtime.errors import EXIT_OK, EdgekitError, Parser, cli_main, int_at_least
@@ -60,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="class folders to calibrate and check a model not made by train")
     p.add_argument("--out", default=None, help="export folder (default: RUN/export)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show TensorFlow's and the converter's own log lines (hidden "
+                        "by default)")
     p.set_defaults(func=_export)
     # lint parses its own arguments (convert.lint.main_lint): everything after the word.
     lint = sub.add_parser("lint", add_help=False,
@@ -69,15 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .evaluate import format_table
-    from .export import export
-    from .quantization import parse_variants
+    from edge_runtime.quiet import quiet_tensorflow
 
-    layers = [s.strip() for s in args.float_layers.split(",")] if args.float_layers else None
-    result = export(args.run, parse_variants(args.variants), args.calib, args.io,
-                    args.max_drop, layers, args.labels, args.img_size, args.data, args.out,
-                    args.allow_cpu_fallback)
+    with quiet_tensorflow(verbose=args.verbose):
+        from .evaluate import format_table
+        from .export import export
+        from .quantization import parse_variants
+
+        layers = [s.strip() for s in args.float_layers.split(",")] if args.float_layers \
+            else None
+        result = export(args.run, parse_variants(args.variants), args.calib, args.io,
+                        args.max_drop, layers, args.labels, args.img_size, args.data, args.out,
+                        args.allow_cpu_fallback)
     print(format_table(result.report))
     print(f"wrote {result.export_dir} (report: convert_report.md)")
     if result.failed:

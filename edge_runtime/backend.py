@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EdgekitError
+from .quiet import quiet_native
 from .tflite import check_identifier, require_model_file
 
 EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"
@@ -179,9 +180,10 @@ def make_interpreter(model_path: str | Path, threads: int | None = None,
             "the CPU: run it with --edgetpu on a machine with a Coral device, or use the "
             "CPU model it was compiled from (e.g. model_int8.tflite)")
     try:
-        interp = backend().interpreter_cls(model_path=str(path), num_threads=threads,
-                                           experimental_delegates=delegates or None)
-        interp.allocate_tensors()
+        with quiet_native():  # LiteRT's XNNPACK INFO line, printed on allocation
+            interp = backend().interpreter_cls(model_path=str(path), num_threads=threads,
+                                               experimental_delegates=delegates or None)
+            interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgekitError(f"cannot load model {path}: {first}") from None

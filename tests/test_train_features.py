@@ -231,7 +231,7 @@ def test_quiet_filter_drops_only_tensorflow_noise(tmp_path):
 
     code = (
         "import os, sys\n"
-        "from train.quiet import quiet_tensorflow\n"
+        "from edge_runtime.quiet import quiet_tensorflow\n"
         "with quiet_tensorflow(verbose=len(sys.argv) > 1):\n"
         "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called"
         " are written to STDERR\\n')\n"

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.resume and not args.data:
         parser.error("--data is required (unless --resume)")
-    from .quiet import quiet_tensorflow
+    from edge_runtime.quiet import quiet_tensorflow
 
     with quiet_tensorflow(verbose=args.verbose):
         return _run(args)

@@ -272,6 +272,8 @@ def training_context(cfg: TrainConfig) -> Iterator:
             warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # ours shuffles
             # Epoch 1 learns the length of a dataset that drops undecodable files.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
+            # Loading best.keras for its weights: the fresh optimizer has no state yet.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             yield distribution_strategy(cfg.strategy)
     finally:
         keras.mixed_precision.set_global_policy(policy)

@@ -257,7 +257,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     """``python -m train.weights``: rebuild the weights, print what was written."""
     args = build_parser().parse_args(argv)
-    from .quiet import quiet_tensorflow
+    from edge_runtime.quiet import quiet_tensorflow
 
     with quiet_tensorflow():
         r = rebuild(args.from_tflite, args.out, args.keras_model)

@@ -1,4 +1,5 @@
-"""Keeps TensorFlow's own C++ log lines off the user's terminal (``--verbose`` shows them).
+"""Keeps TensorFlow's and LiteRT's own C++ log lines off the user's terminal (``--verbose``
+shows them).
 
 ``TF_CPP_MIN_LOG_LEVEL`` hides most of them but not all: lines logged before absl's
 logging starts (``WARNING: All log messages before absl::InitializeLog() ...`` and the
@@ -6,7 +7,13 @@ oneDNN ``I0000`` notice, at every level) and the harmless ``E0000 ... NodeDef me
 attribute use_unbounded_threadpool`` that tf.data logs when Keras and TensorFlow
 versions differ slightly. :func:`quiet_tensorflow` sets the level and, while it is
 active, passes file descriptor 2 through a filter that drops exactly those lines; every
-other line (errors, warnings, tracebacks) reaches the terminal unchanged.
+other line (errors, warnings, tracebacks) reaches the terminal unchanged. The converter's
+``fully_quantize: 0, inference_type: 6, ...`` line and Keras' "triggered tf.function
+retracing" warnings (``predict`` on batches of a new size; harmless here) are dropped too.
+
+LiteRT prints ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` from C++ when an
+interpreter allocates its tensors, whatever ``TF_CPP_MIN_LOG_LEVEL`` says (its Python API
+has no switch): :func:`quiet_native` hides it around that one call.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import contextlib
 import os
 import re
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -24,7 +32,11 @@ NOISE = re.compile(
     rb" STDERR"
     rb"|[IW]\d{4} \d+:\d+:\d+\.\d+ +\d+ \S+:\d+\] "  # absl INFO / WARNING from C++
     rb"|E\d{4} \d+:\d+:\d+\.\d+ +\d+ node_def_util\.cc:\d+\] NodeDef mentions attribute "
-    rb"use_unbounded_threadpool )")
+    rb"use_unbounded_threadpool "
+    rb"|fully_quantize: \d+, inference_type: \d+, input_inference_type: "
+    rb"|WARNING:tensorflow:\d+ out of the last \d+ calls to <function .*> triggered "
+    rb"tf\.function retracing\."
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$)")
 
 
 def is_noise(line: bytes) -> bool:
@@ -78,3 +90,38 @@ def quiet_tensorflow(verbose: bool = False) -> Iterator[None]:
         os.close(saved)
         if old_level is None:
             os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+
+
+@contextlib.contextmanager
+def quiet_native(verbose: bool = False) -> Iterator[None]:
+    """Hides native log noise printed while a short block runs (an interpreter's creation).
+
+    File descriptor 2 goes to a temporary file for the block; afterwards every line that is
+    not noise is written to the real stderr, in order. No thread: cheap enough for each
+    model load, and safe in the long-running daemon.
+
+    Args:
+        verbose: show everything: redirect nothing.
+    """
+    if verbose:
+        yield
+        return
+    # Serialised: two threads swapping fd 2 at once could leave it on a deleted file.
+    with _NATIVE_LOCK, tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = b"".join(ln for ln in held.read().splitlines(keepends=True)
+                            if not is_noise(ln.rstrip(b"\r\n")))
+            if kept:
+                os.write(2, kept)
+
+
+_NATIVE_LOCK = threading.RLock()
