@@ -171,11 +171,12 @@ def _limits(op: Op) -> list[Problem]:
 
 
 def _check_op(op: Op) -> list[Problem]:
-    """Everything that stops one op mapping to the Edge TPU, one entry per kind of problem."""
-    found: dict[str, list] = {}
+    """Everything that stops one op mapping to the Edge TPU, one entry per kind of problem
+    (its message names every tensor it applies to)."""
+    found: dict[str, tuple[dict[str, None], str]] = {}
 
     def add(code: str, message: str, fix: str) -> None:
-        found.setdefault(code, [message, fix, 0])[2] += 1
+        found.setdefault(code, ({}, fix))[0][message] = None
 
     for t in [t for t in op.inputs + op.outputs if t is not None]:
         if t.const:
@@ -207,8 +208,7 @@ def _check_op(op: Op) -> list[Problem]:
                          "re-convert the model with TensorFlow's converter")]
         for problem in problems:
             add(*problem)
-    return [(code, msg + (f" (and {n - 1} more)" if n > 1 else ""), fix)
-            for code, (msg, fix, n) in found.items()]
+    return [(code, "; ".join(messages), fix) for code, (messages, fix) in found.items()]
 
 
 def _boundary(op: Op, graph_in: tuple[int, ...], graph_out: tuple[int, ...]) -> bool:

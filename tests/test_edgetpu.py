@@ -20,6 +20,7 @@ from convert.edgetpu import (
     main_lint,
     parse_compiler_log,
 )
+from convert.graph import read_graph
 from edge_runtime.errors import EdgekitError
 
 # Verbatim `edgetpu_compiler -sa` output (compiler 16, some ops on the CPU), from
@@ -211,6 +212,11 @@ def test_float_model_stops_at_the_first_op(tiny, capsys):
     assert report.fix == FIX_INT8 and "--variants int8" in report.fix
     assert {f.code for f in report.findings if f.severity == "error"} == {"float"}
     assert all(p.reason == "after op 0" for p in report.ops[1:])
+    # One finding names every float tensor of the op, not "(and 3 more)".
+    (error,) = [f for f in report.findings if f.severity == "error"]
+    op = read_graph(tiny["float"], load=False).ops[0]
+    names = [t.name for t in op.inputs + op.outputs if t is not None]
+    assert len(names) > 1 and all(f"'{n}'" in error.message for n in names), error.message
     assert main_lint([str(tiny["float"])]) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("FAIL: op 0 CONV_2D") and "int8" in out[-1]
