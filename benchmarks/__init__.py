@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edge_runtime.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from .core import benchmark, run
@@ -13,13 +14,7 @@ if TYPE_CHECKING:
 # must install the signal handlers before anything heavy loads.
 _LAZY = {"benchmark": ".core", "run": ".core"}
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = ["benchmark", "run"]

@@ -26,7 +26,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_runtime.errors import EXIT_OK, EdgekitError, Parser, cli_main, int_at_least
+from edge_runtime.errors import (
+    EXIT_OK,
+    EdgekitError,
+    Parser,
+    cli_main,
+    int_at_least,
+    run_subcommand,
+)
 
 EXIT_REGRESSION = 3
 _COMMANDS = ("measure", "report", "compare", "validate", "video-check")
@@ -252,16 +259,8 @@ def _video_check(argv: list[str]) -> int:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in (*_COMMANDS, "-h", "--help"):
-        argv.insert(0, "measure")
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.func is _video_check:
-        return _video_check(argv[1:])
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)[:200]}")
-    return args.func(args)
+    return run_subcommand(build_parser(), argv, _COMMANDS, "measure",
+                          own_args=(_video_check,))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edge_runtime.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from .export import ExportResult, export
@@ -13,13 +14,7 @@ if TYPE_CHECKING:
 # must install the signal handlers before anything heavy loads.
 _LAZY = {"ExportResult": ".export", "export": ".export", "Quantization": ".quantization"}
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = ["ExportResult", "Quantization", "export"]

@@ -21,9 +21,15 @@ intact, none partial).
 from __future__ import annotations
 
 import argparse
-import sys
 
-from edge_runtime.errors import EXIT_OK, EdgekitError, Parser, cli_main, int_at_least
+from edge_runtime.errors import (
+    EXIT_OK,
+    EdgekitError,
+    Parser,
+    cli_main,
+    int_at_least,
+    run_subcommand,
+)
 
 _COMMANDS = ("export", "lint")
 
@@ -99,16 +105,7 @@ def _lint(argv: list[str]) -> int:
 @cli_main(interrupted="finished models are intact, none is partial")
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in (*_COMMANDS, "-h", "--help"):
-        argv.insert(0, "export")
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.func is _lint:
-        return _lint(argv[1:])
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)[:200]}")
-    return args.func(args)
+    return run_subcommand(build_parser(), argv, _COMMANDS, "export", own_args=(_lint,))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ Needs only numpy, OpenCV and a TFLite interpreter; never imports TensorFlow or K
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import EdgekitError
+from .lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from .classify import Class, Classifier, top_k
@@ -21,13 +21,7 @@ _LAZY = {"Class": ".classify", "Classifier": ".classify", "top_k": ".classify",
          "Manifest": ".manifest", "Normalization": ".manifest", "load_manifest": ".manifest",
          "load_image": ".preprocess"}
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = ["Class", "Classifier", "EdgekitError", "Manifest", "Normalization", "load_image",

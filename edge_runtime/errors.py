@@ -326,6 +326,23 @@ class Parser(argparse.ArgumentParser):
         return f"; did you mean {', '.join(dict.fromkeys(hints))}?" if hints else ""
 
 
+def run_subcommand(parser: Parser, argv: list[str] | None, commands: tuple[str, ...],
+                   default: str, own_args: tuple[Callable[[list[str]], int], ...] = ()) -> int:
+    """Parses ``argv`` (default: ``sys.argv[1:]``) and returns what the chosen subcommand's
+    ``func`` returns. A first word that names no command (nor help) means ``default``; a
+    command whose ``func`` is in ``own_args`` parses its own arguments: it is called with
+    the words after its name."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in (*commands, "-h", "--help"):
+        argv.insert(0, default)
+    args, rest = parser.parse_known_args(argv)
+    if args.func in own_args:
+        return args.func(argv[1:])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)[:200]}")
+    return args.func(args)
+
+
 def brief_line(text: str, limit: int) -> str:
     """``text`` on one line, cut to ``limit`` characters."""
     text = " ".join(text.split())

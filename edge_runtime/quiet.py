@@ -109,7 +109,11 @@ def quiet_native(verbose: bool = False) -> Iterator[None]:
     # Serialised: two threads swapping fd 2 at once could leave it on a deleted file.
     with _NATIVE_LOCK, tempfile.TemporaryFile() as held:
         sys.stderr.flush()
-        saved = os.dup(2)
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all (closed by whoever started us): nothing to hide
+            yield
+            return
         os.dup2(held.fileno(), 2)
         try:
             yield
