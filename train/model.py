@@ -1,4 +1,5 @@
-"""Builds the MobileNetV2 transfer-learning classifier (pixel scaling inside the model)."""
+"""Builds the MobileNetV2 transfer-learning classifier (pixel scaling inside the model) and
+what compiles and fine-tunes it: loss, learning-rate schedule, the base inside a model."""
 
 from __future__ import annotations
 
