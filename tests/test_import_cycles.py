@@ -1,6 +1,7 @@
 """No import cycles between the project's modules (module-level and deferred imports alike)."""
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,7 @@ def _imports(path: Path, known: set[str]) -> set[str]:
     return found
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     """Module -> the project modules it imports (a package's own ``__init__`` left out)."""
     files = {_module(f): f for pkg in PACKAGES for f in (ROOT / pkg).rglob("*.py")}
