@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_runtime.fileio import file_sha256
 from tests.conftest import ROOT, wait_for
 
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
@@ -100,6 +101,8 @@ def test_sighup_swaps_the_model_and_refuses_a_corrupted_one(models, tmp_path):
         swap_s = time.monotonic() - t_hup
         assert after["reloads_total"] == 1 and after["selftest"] == "pass"
         assert after["last_reload_error"] is None
+        assert before["model_sha256"] == file_sha256(models["plain"])  # hashed at each load
+        assert after["model_sha256"] == file_sha256(models["golden"])
         time.sleep(1.0)
         settled = health()
         assert settled["status"] == "ok" and settled["frames_total"] > after["frames_total"]
@@ -119,6 +122,7 @@ def test_sighup_swaps_the_model_and_refuses_a_corrupted_one(models, tmp_path):
         doc = json.loads(body)
         assert status == 200 and doc["model"] == "model.tflite"  # the old one still serves
         assert doc["reload_failures_total"] == 1
+        assert doc["model_sha256"] == after["model_sha256"]  # the serving model's
         assert "FAILED" in doc["last_reload_error"] or "differs" in doc["last_reload_error"]
         n = doc["frames_total"]
         wait_for(lambda: health()["frames_total"] > n, 10)
