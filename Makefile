@@ -60,7 +60,11 @@ wheel: ## the wheel a device installs (dist/edgekit_classify-*.whl; README: On y
 
 .PHONY: test-slow
 test-slow: setup ## the slow tests make test leaves out: each trains or converts a model of its own
-	$(PY) -m pytest -q tests -m slow || [ $$? -eq 5 ]  # 5: none marked slow
+	$(PY) -m pytest -q tests -m "slow and not field_demo" || [ $$? -eq 5 ]  # 5: none marked slow
+
+.PHONY: test-field-demo
+test-field-demo: setup ## the FAST field demo end to end with its goals (--strict): the field loop's bounded form
+	$(PY) -m pytest -q tests -m field_demo
 
 # The IMX500 converter's own environment: Python 3.11, TF 2.15 / Keras 2, MCT (the converter
 # pins numpy < 2); never mixed into .venv. Keyed by the requirements file's hash, so it is

@@ -98,6 +98,7 @@ def test_loopback_sshd_accepts_its_key_only(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.field_demo  # make test-field-demo; ~15 min on 2 cores, outside CI's 50-minute budget
 def test_field_demo_fast_end_to_end(tmp_path):
     """The CI form of `make field-demo`: every step runs, and the fast goals hold."""
     p = run_cli("benchmarks.field_demo", "--fast", "--strict", "--out", str(tmp_path / "d"),
