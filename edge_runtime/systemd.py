@@ -105,13 +105,21 @@ def render_unit(config: str | Path, workdir: str | Path | None = None,
         python: the interpreter (default: this one, e.g. the project's .venv).
         user: the account the service runs as.
         template: the unit template (a path or a package resource) with ``@PYTHON@``,
-            ``@CONFIG@``, ``@WORKDIR@``, ``@USER@`` placeholders.
+            ``@CONFIG@``, ``@WORKDIR@``, ``@DOCS@``, ``@USER@`` placeholders.
     """
     text = template.read_text(encoding="utf-8")
+    work = Path(workdir or Path.cwd()).resolve()
+    # The daemon's guide when the unit is installed from a checkout; a deployed release
+    # carries no docs, and a Documentation= line naming a missing file misleads.
+    docs = work / "deploy" / "README.md"
+    if not docs.is_file():
+        text = "".join(line for line in text.splitlines(keepends=True)
+                       if "@DOCS@" not in line)
     values = {
         "@PYTHON@": shlex.quote(python or sys.executable),
         "@CONFIG@": shlex.quote(str(Path(config).resolve())),
-        "@WORKDIR@": str(Path(workdir or Path.cwd()).resolve()),
+        "@WORKDIR@": str(work),
+        "@DOCS@": str(docs),
         "@USER@": user,
     }
     for key, value in values.items():

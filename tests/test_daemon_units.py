@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 import socket
 import time
 
@@ -201,6 +202,19 @@ def test_unit_template_renders(tmp_path):
     assert f"ExecStart=/opt/venv/bin/python -m edge_runtime run --config " \
            f"{ROOT / 'device_configs/desktop.yaml'}" in text
     assert "User=pi" in text and not re.search(r"@[A-Z]+@", text)
+
+
+def test_unit_documentation_names_a_file_that_exists(tmp_path):
+    """From a checkout the unit's Documentation= is the daemon's guide; a deployed release
+    has no docs, so the line is left out rather than naming a missing file."""
+    from tests.conftest import ROOT
+
+    text = render_unit(ROOT / "device_configs/desktop.yaml", workdir=ROOT)
+    docs = re.findall(r"^Documentation=file://(.+)$", text, re.M)
+    assert docs == [str(ROOT / "deploy/README.md")] and Path(docs[0]).is_file()
+    release = render_unit(ROOT / "device_configs/desktop.yaml", workdir=tmp_path)
+    assert "Documentation=" not in release and "[Unit]" in release
+    assert "Description=" in release
 
 
 # -- doctor ------------------------------------------------------------------------------
