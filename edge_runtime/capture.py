@@ -189,8 +189,8 @@ class Capture:
 
     Args:
         source: the parsed source.
-        camera: :class:`edge_runtime.config.CameraSettings` (size, fps, flip, loop, realtime).
-        watchdog: :class:`edge_runtime.config.WatchdogSettings` (stall and backoff timings).
+        camera: :class:`edge_runtime.settings.CameraSettings` (size, fps, flip, loop, realtime).
+        watchdog: :class:`edge_runtime.settings.WatchdogSettings` (stall and backoff timings).
         opener: opens a capture (injectable for tests): ``opener(source, camera)``.
 
     Attributes:

@@ -43,7 +43,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from .config import INTERPOLATIONS, check_threads
 from .errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -55,6 +54,7 @@ from .errors import (
     int_at_least,
     signal_received,
 )
+from .settings import INTERPOLATIONS, check_threads
 
 # How a user finds a camera that did not open.
 _LIST_CAMERAS = "list the cameras with: python -m edge_runtime doctor"

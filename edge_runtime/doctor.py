@@ -52,7 +52,7 @@ class Doctor:
     """Runs the checks against a filesystem root (``/``; a fake tree in tests).
 
     Args:
-        cfg: a :class:`edge_runtime.config.DeviceConfig` whose needs are checked, or None.
+        cfg: a :class:`edge_runtime.settings.DeviceConfig` whose needs are checked, or None.
         root: where /proc, /sys, /etc and /dev are read from.
         run: runs a command, returning its stdout or None (for ``vcgencmd``).
         edgetpu_loader: loads the Edge TPU delegate (raises EdgekitError when it cannot).

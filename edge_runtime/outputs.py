@@ -85,7 +85,7 @@ class MqttPublisher:
     ``publish`` only queues, so a slow or absent broker never slows inference.
 
     Args:
-        settings: :class:`edge_runtime.config.MqttSettings`.
+        settings: :class:`edge_runtime.settings.MqttSettings`.
 
     Raises:
         EdgekitError: paho-mqtt is not installed.

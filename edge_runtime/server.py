@@ -62,7 +62,7 @@ class Server:
     """The HTTP server on its own threads; inference only ever calls :meth:`publish`.
 
     Args:
-        settings: :class:`edge_runtime.config.HttpSettings`.
+        settings: :class:`edge_runtime.settings.HttpSettings`.
         metrics: the daemon's :class:`Metrics`.
         status: returns the extra fields of /latest and /healthz (backend, totals ...).
         health_max_age_s: /healthz fails when no frame was classified for this long.

@@ -75,8 +75,8 @@ class Smoother:
     Args:
         labels: ``{index: label}``.
         num_classes: length of the score vector.
-        classify: :class:`edge_runtime.config.ClassifySettings` (top_k, threshold, lists).
-        smoothing: :class:`edge_runtime.config.SmoothingSettings` (window, hysteresis).
+        classify: :class:`edge_runtime.settings.ClassifySettings` (top_k, threshold, lists).
+        smoothing: :class:`edge_runtime.settings.SmoothingSettings` (window, hysteresis).
     """
 
     def __init__(self, labels: dict[int, str], num_classes: int, classify: Any,

@@ -14,10 +14,7 @@ import pytest
 from edge_runtime import EdgekitError
 from edge_runtime.camera import Source, parse_source
 from edge_runtime.capture import Capture, Frame, FrameSlot, backoff_delay, valid_frame
-from edge_runtime.config import (
-    CameraSettings,
-    WatchdogSettings,
-)
+from edge_runtime.settings import CameraSettings, WatchdogSettings
 from tests.conftest import FakeCamera, run_cli
 
 FAST = WatchdogSettings(stall_s=0.3, backoff_initial_s=0.02, backoff_max_s=0.1, jitter=0.2,

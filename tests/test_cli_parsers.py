@@ -152,8 +152,8 @@ def test_shared_argparse_types_accept_the_range_and_quote_what_they_refuse(kind,
 
 def test_choices_come_from_the_settings():
     from convert.quantization import IO_TYPES
-    from edge_runtime.config import INTERPOLATIONS
     from edge_runtime.preprocess import INTERPOLATIONS as PREPROCESS_INTERPOLATIONS
+    from edge_runtime.settings import INTERPOLATIONS
     from train.augment import FLIPS
     from train.config import CACHE_CHOICES, SCHEDULES, STRATEGIES
 

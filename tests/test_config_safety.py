@@ -17,13 +17,8 @@ import pytest
 
 from edge_runtime import EdgekitError
 from edge_runtime import config as config_module
-from edge_runtime.config import (
-    MAX_PROFILE_BYTES,
-    CameraSettings,
-    ModelSettings,
-    load_config,
-    max_threads,
-)
+from edge_runtime.config import MAX_PROFILE_BYTES, load_config
+from edge_runtime.settings import CameraSettings, ModelSettings, max_threads
 
 CORES = os.cpu_count() or 1
 

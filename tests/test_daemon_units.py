@@ -5,24 +5,20 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_runtime import EdgekitError
-from edge_runtime.config import (
-    ClassifySettings,
-    HttpSettings,
-    SmoothingSettings,
-    load_config,
-)
+from edge_runtime.config import load_config
 from edge_runtime.doctor import Doctor
 from edge_runtime.metrics import Metrics
 from edge_runtime.outputs import JsonlWriter
 from edge_runtime.server import Server
+from edge_runtime.settings import ClassifySettings, HttpSettings, SmoothingSettings
 from edge_runtime.smoothing import Smoother, class_mask
 from edge_runtime.systemd import Notifier, render_unit
 

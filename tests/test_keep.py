@@ -20,12 +20,13 @@ import pytest
 
 from edge_runtime import EdgekitError
 from edge_runtime.classify import Class
-from edge_runtime.config import HttpSettings, load_config
+from edge_runtime.config import load_config
 from edge_runtime.keep import Keeper, KeepPolicy, RateLimiter, thumbnail
 from edge_runtime.keep_settings import KeepSettings
 from edge_runtime.keepstore import KeepStore, atomic_write, stem_for
 from edge_runtime.metrics import Metrics
 from edge_runtime.server import Server
+from edge_runtime.settings import HttpSettings
 from edge_runtime.smoothing import Result
 
 LABELS = {0: "cat", 1: "dog", 2: "bird"}

@@ -22,9 +22,9 @@ import pytest
 from edge_runtime import EdgekitError
 from edge_runtime.camera import parse_source
 from edge_runtime.capture import Capture
-from edge_runtime.config import CameraSettings, WatchdogSettings
 from edge_runtime.outputs import JsonlWriter
 from edge_runtime.redact import RedactFilter, redact
+from edge_runtime.settings import CameraSettings, WatchdogSettings
 from edge_runtime.systemd import Notifier
 from tests.conftest import ROOT, run_cli
 

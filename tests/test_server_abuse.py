@@ -18,9 +18,9 @@ import pytest
 from benchmarks.http_load import request_load, viewer_after_stalled
 from edge_runtime import server as server_mod
 from edge_runtime import stream as stream_mod
-from edge_runtime.config import HttpSettings
 from edge_runtime.metrics import Metrics
 from edge_runtime.server import Server
+from edge_runtime.settings import HttpSettings
 
 
 @pytest.fixture()
