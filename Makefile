@@ -127,7 +127,7 @@ bench-pipeline: setup ## daemon pipeline vs bare invoke(): [MODEL=m.tflite] [SOU
 .PHONY: bench-http
 bench-http: setup ## HTTP on 127.0.0.1: 50 clients x 20 /latest, 20 stalled stream clients: [MODEL=m.tflite] [ARGS=--strict]
 	@test -f "$(or $(MODEL),runs/demo/export/model_int8.tflite)" || { echo "error: no model $(or $(MODEL),runs/demo/export/model_int8.tflite); run 'make demo' or pass MODEL=m.tflite" >&2; exit 2; }
-	$(PY) -m benchmarks.http_load --model $(or $(MODEL),runs/demo/export/model_int8.tflite) --json $(or $(OUT),runs/bench-http.json) $(ARGS)
+	$(PY) -m benchmarks.abuse.http_load --model $(or $(MODEL),runs/demo/export/model_int8.tflite) --json $(or $(OUT),runs/bench-http.json) $(ARGS)
 
 .PHONY: bench-abuse
 bench-abuse: setup ## hostile models, images, profiles, 100 SIGTERMs, HTTP load via the CLIs: [MODEL=m.tflite] [LABELS=l] [ARGS=...]

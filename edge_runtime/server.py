@@ -6,7 +6,7 @@ every request must arrive whole within ``REQUEST_TIMEOUT_S`` (a slow-header clie
 hold a thread), every write gives up after a timeout, requests are limited in size (414,
 431), connections are capped (the one waiting longest for its request makes room for a
 newcomer), the listen backlog is sized for bursts, and stream slots go to viewers that read
-(see :mod:`edge_runtime.stream`). Measured with ``python -m benchmarks.http_load``; an
+(see :mod:`edge_runtime.stream`). Measured with ``python -m benchmarks.abuse.http_load``; an
 asynchronous server was not needed to meet its goals.
 """
 

@@ -1,6 +1,6 @@
 """Abuse suite: hostile models, images, profiles, videos, signals and HTTP requests.
 
-Every input is generated (``benchmarks/abuse_gen.py``, seeded; nothing downloaded) and
+Every input is generated (``benchmarks/abuse/gen.py``, seeded; nothing downloaded) and
 goes through the real CLIs as subprocesses: each case asserts one clear ``error:`` line
 and exit 1, or correct handling (exit 0); never a traceback, a crash or a hang. A small
 fixed sample of model mutants runs here; ``make bench-abuse`` runs the full set.
@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import abuse_gen as gen
-from benchmarks.abuse import MEMORY_LIMIT, Outcome, run_cli, signal_run, try_mutant
+from benchmarks.abuse import gen
+from benchmarks.abuse.runs import MEMORY_LIMIT, Outcome, run_cli, try_mutant
+from benchmarks.abuse.signals import signal_run
 from tests.conftest import CORAL, ROOT
 
 JOBS = 2  # subprocesses at a time
@@ -74,7 +75,7 @@ def photo(work) -> Path:
 
 @pytest.fixture(scope="module")
 def video(work) -> Path:
-    from benchmarks.http_load import write_video
+    from benchmarks.abuse.http_load import write_video
 
     return write_video(work / "clip.avi", frames=60)
 
@@ -445,7 +446,7 @@ def test_stream_and_healthz_token_rules(daemon):
 
 
 def test_non_reading_stream_clients_leave_room_for_a_viewer(daemon):
-    from benchmarks.http_load import viewer_after_stalled
+    from benchmarks.abuse.http_load import viewer_after_stalled
 
     r = viewer_after_stalled(f"http://127.0.0.1:{daemon.port}/", stalled=20, token=TOKEN,
                              settle_s=1.0, timeout=5.0)

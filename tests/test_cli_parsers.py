@@ -115,8 +115,8 @@ def test_usage_errors_are_one_line_with_status_2(argv, fragment, capsys):
 
 
 def test_every_parser_refuses_abbreviated_flags():
-    from benchmarks.abuse import build_parser as abuse
-    from benchmarks.http_load import build_parser as http_load
+    from benchmarks.abuse.__main__ import build_parser as abuse
+    from benchmarks.abuse.http_load import build_parser as http_load
     from deploy.cli import build_parser as deploy
 
     parsers = [*_parsers().values(), abuse(), http_load(), deploy()]

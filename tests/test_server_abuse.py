@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.http_load import request_load, viewer_after_stalled
+from benchmarks.abuse.http_load import request_load, viewer_after_stalled
 from edge_runtime import server as server_mod
 from edge_runtime import stream as stream_mod
 from edge_runtime.metrics import Metrics
@@ -299,7 +299,7 @@ def test_metrics_without_prometheus_client_is_one_clear_answer(serve, monkeypatc
 
 
 def test_http_load_benchmark_measures_a_running_server(serve, capsys):
-    from benchmarks.http_load import main
+    from benchmarks.abuse.http_load import main
 
     srv = serve(max_clients=2)
     assert main(["--url", srv.url, "--clients", "5", "--requests", "2", "--stalled", "3",
@@ -318,7 +318,7 @@ def test_http_load_benchmark_measures_a_running_server(serve, capsys):
     (["--model", "/nonexistent.tflite"], "model not found: /nonexistent.tflite"),
 ])
 def test_http_load_refuses_remote_urls_and_missing_models(argv, message, capsys):
-    from benchmarks.http_load import main
+    from benchmarks.abuse.http_load import main
 
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,10 +1,10 @@
 """HTTP load and abuse measurements of the daemon's server, on the loopback interface only.
 
 Usage:
-    python -m benchmarks.http_load --model MODEL.tflite [--labels LABELS] [--source VIDEO]
+    python -m benchmarks.abuse.http_load --model MODEL.tflite [--labels LABELS] [--source VIDEO]
         [--threads 1] [--clients 50] [--requests 20] [--keep-alive] [--stalled 20]
         [--fps-seconds 4] [--rounds 3] [--json OUT.json] [--strict]
-    python -m benchmarks.http_load --url http://127.0.0.1:PORT/ [--token TOKEN] ...
+    python -m benchmarks.abuse.http_load --url http://127.0.0.1:PORT/ [--token TOKEN] ...
 
 With ``--model`` it starts ``python -m edge_runtime run`` on a video (``--source``, or a
 generated 320x240 clip) bound to 127.0.0.1, with ``--url`` it measures a daemon already
@@ -56,7 +56,7 @@ from edge_runtime.fileio import atomic_path
 
 EXIT_GOAL_MISSED = 3
 GOALS = {"timeouts": 0, "p99_ms": 100.0, "fps_ratio": 0.9, "first_frame_s": 1.0}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -100,11 +100,14 @@ def _check_loopback(url: str) -> tuple[str, int]:
     return host, parts.port
 
 
-def _percentile(values: list[float], q: float) -> float:
+def _percentiles(values: list[float], qs: tuple[float, ...]) -> list[float]:
+    """The ``qs`` percentiles (0..100) of ``values``, numpy's linear interpolation; NaN
+    when there are none."""
     if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+        return [float("nan")] * len(qs)
+    import numpy as np  # here: the CLI's start-up stays light
+
+    return [float(v) for v in np.percentile(values, qs)]
 
 
 def request_load(url: str, clients: int = 50, requests: int = 20, path: str = "latest",
@@ -177,9 +180,9 @@ def request_load(url: str, clients: int = 50, requests: int = 20, path: str = "l
     for t in threads:
         t.join(max(0.0, t0 + longest + 30 - time.perf_counter()))
     seconds = time.perf_counter() - t0
+    p50, p95, p99 = (round(v, 2) for v in _percentiles(lat, (50, 95, 99)))
     return LoadResult(clients, len(lat) + sum(fails.values()), len(lat), fails["timeouts"],
-                      fails["errors"], round(seconds, 3), round(_percentile(lat, 0.50), 2),
-                      round(_percentile(lat, 0.95), 2), round(_percentile(lat, 0.99), 2),
+                      fails["errors"], round(seconds, 3), p50, p95, p99,
                       round(max(lat, default=float("nan")), 2), first[0] if first else None)
 
 
@@ -384,7 +387,7 @@ _positive_float = float_above(0)
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = Parser(prog="python -m benchmarks.http_load", description=__doc__,
+    p = Parser(prog="python -m benchmarks.abuse.http_load", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", help="start a daemon with this .tflite model")

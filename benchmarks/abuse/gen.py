@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .flatbuffer_layout import layout
+from .flatbuf import layout
 
 # ---------------------------------------------------------------------------------------
 # Malformed models
