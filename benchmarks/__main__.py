@@ -146,15 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _measure(args: argparse.Namespace) -> int:
     """``python -m benchmarks [measure] RUN ...``: measure, write, compare."""
-    from .core import benchmark
+    from .core import BenchOptions, benchmark
 
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
-    report, results = benchmark(
-        args.run, variants, args.threads, args.runs, args.warmup, args.min_seconds,
-        video=args.video, video_frames=args.video_frames, video_fps=args.video_fps,
-        isolate=not args.no_isolate, device_name=args.device_name,
+    report, results = benchmark(args.run, BenchOptions(
+        variants=variants, threads=args.threads, runs=args.runs, warmup=args.warmup,
+        min_seconds=args.min_seconds, video=args.video, video_frames=args.video_frames,
+        video_fps=args.video_fps, isolate=not args.no_isolate, device_name=args.device_name,
         edgetpu_device=args.edgetpu, compare_to=args.compare, tolerance=args.tolerance,
-        accuracy_tolerance=args.accuracy_tolerance, out_dir=args.out)
+        accuracy_tolerance=args.accuracy_tolerance, out_dir=args.out))
     from .report import summary
 
     print(summary(results))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -78,21 +79,13 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def benchmark(run_dir: str | Path, variants: list[str] | None = None,
-              threads: list[int] | None = None, runs: int = 100, warmup: int = 10,
-              min_seconds: float = 0.0, *, video: str | Path | None = None,
-              video_frames: int = 60, video_fps: float | None = None, isolate: bool = True,
-              device_name: str | None = None, edgetpu_device: str | None = None,
-              compare_to: str | Path | None = None, tolerance: float = 0.10,
-              accuracy_tolerance: float = 0.01, show_progress: bool = True,
-              out_dir: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
-    """Measures each variant, writes ``run_dir/bench/`` and returns (report path, results).
+@dataclass(frozen=True)
+class BenchOptions:
+    """What :func:`benchmark` measures and how; validated when made.
 
-    Args:
-        run_dir: a training run folder with an ``export/`` folder, or a deployed release
-            (``~/edgekit/current``: every model it holds, its ``heldout/`` images).
-        variants: variant names (default: every ``export/model_*.tflite``).
-        threads: interpreter thread counts (default: 1 and all cores).
+    Attributes:
+        variants: variant names (None: every ``export/model_*.tflite``).
+        threads: interpreter thread counts (None: 1 and all cores).
         runs: timed ``invoke()`` runs per row (at least).
         warmup: untimed runs after the first inference.
         min_seconds: keep timing each row until at least this long has passed.
@@ -101,60 +94,63 @@ def benchmark(run_dir: str | Path, variants: list[str] | None = None,
         video_frames: frames of ``video`` to use (0: all).
         video_fps: pace a video file at this rate (None: its own rate; 0: unpaced).
         isolate: one worker process per row (peak RSS per row); False measures in-process.
-        device_name: label for this machine in reports (default: board or CPU).
+        device_name: label for this machine in reports (None: board or CPU).
         edgetpu_device: Edge TPU device string for Edge TPU-compiled variants ("usb:0").
         compare_to: a reference results file; regressions go into ``comparison``.
         tolerance: relative latency / fps tolerance for the comparison.
         accuracy_tolerance: absolute top-1 tolerance for the comparison.
         show_progress: draw the accuracy progress bar.
-        out_dir: where the results go (default ``run_dir/bench``).
+        out_dir: where the results go (None: ``RUN/bench``).
+    """
+
+    variants: list[str] | None = None
+    threads: list[int] | None = None
+    runs: int = 100
+    warmup: int = 10
+    min_seconds: float = 0.0
+    video: str | Path | None = None
+    video_frames: int = 60
+    video_fps: float | None = None
+    isolate: bool = True
+    device_name: str | None = None
+    edgetpu_device: str | None = None
+    compare_to: str | Path | None = None
+    tolerance: float = 0.10
+    accuracy_tolerance: float = 0.01
+    show_progress: bool = True
+    out_dir: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.runs < 1 or self.warmup < 0 or self.min_seconds < 0:
+            raise EdgekitError(f"runs must be >= 1, warmup and min_seconds >= 0; got "
+                               f"{self.runs}, {self.warmup} and {self.min_seconds}")
+
+
+def benchmark(run_dir: str | Path, options: BenchOptions | None = None,
+              **knobs: Any) -> tuple[Path, dict[str, Any]]:
+    """Measures each variant, writes ``run_dir/bench/`` and returns (report path, results).
+
+    Args:
+        run_dir: a training run folder with an ``export/`` folder, or a deployed release
+            (``~/edgekit/current``: every model it holds, its ``heldout/`` images).
+        options: what to measure and how (default: :class:`BenchOptions`'s defaults).
+        **knobs: :class:`BenchOptions` fields that override ``options``'.
 
     Raises:
-        EdgekitError: no exported models, unknown variant, unreadable run or reference,
-            missing video file, or a CPU model that cannot be measured.
+        EdgekitError: no exported models, unknown variant, bad counts, unreadable run or
+            reference, missing video file, or a CPU model that cannot be measured.
     """
+    opts = replace(options or BenchOptions(), **knobs)
     run_path = Path(run_dir)
     found, test_files, root = _load_target(run_path)
-    if variants:
-        missing = [v for v in variants if v not in found]
-        if missing:
-            raise EdgekitError(f"variant(s) {missing} not exported; found {sorted(found)}")
-        found = {v: found[v] for v in variants}
-    if runs < 1 or warmup < 0 or min_seconds < 0:
-        raise EdgekitError(f"runs must be >= 1, warmup and min_seconds >= 0; got {runs}, "
-                           f"{warmup} and {min_seconds}")
-    reference = load_results(compare_to) if compare_to else None
-    source = _resolve_video(video, root)
-    cores = os.cpu_count() or 1
-    threads = sorted(set(threads or [1, cores]))
-    image_path = _first_readable(test_files) if test_files else None
+    found = _select(found, opts.variants)
+    reference = load_results(opts.compare_to) if opts.compare_to else None
+    source = _resolve_video(opts.video, root)
+    threads = sorted(set(opts.threads or [1, os.cpu_count() or 1]))
     env = environment()
-    device = mark_emulated(device_name, env) if device_name else device_label(env)
-    rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    for name, path in found.items():
-        accel = "edgetpu" if is_edgetpu_model(path) else "cpu"
-        tpu: bool | str = (edgetpu_device or True) if accel == "edgetpu" else False
-        try:
-            vrows = _measure_variant(name, path, accel, tpu, threads, test_files, image_path,
-                                     runs, warmup, min_seconds, isolate, show_progress)
-            if source:
-                _say(f"{name}: end to end over {source} ({threads[-1]} thread(s)) ...")
-                from .pipeline import measure_end_to_end
-
-                vrows[-1]["end_to_end"] = measure_end_to_end(
-                    path, source, threads[-1], video_frames or None, video_fps, tpu)
-        except EdgekitError as e:
-            if accel != "edgetpu":
-                raise
-            skipped.append(f"{name}: skipped, the Edge TPU could not be used: {e}")
-            continue
-        sha = sha256(path)
-        for r in vrows:
-            r.update({"device": device, "model_file": path.name, "model_sha256": sha,
-                      "size_bytes": path.stat().st_size, "emulated": bool(env.get("emulated"))})
-            r.setdefault("end_to_end", None)
-        rows += vrows
+    device = mark_emulated(opts.device_name, env) if opts.device_name else device_label(env)
+    rows, skipped = _measure_all(found, test_files, threads, source, opts,
+                                 (device, bool(env.get("emulated"))))
     end = thermal_snapshot()
     warnings = environment_warnings(env, end) + skipped
     for w in warnings:
@@ -164,13 +160,64 @@ def benchmark(run_dir: str | Path, variants: list[str] | None = None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device, "environment": env, "end": end, "test_images": len(test_files),
         "emulated": env.get("emulated"),
-        "settings": {"runs": runs, "warmup": warmup, "min_seconds": min_seconds,
-                     "threads": threads, "isolate": isolate, "video": source,
-                     "video_frames": video_frames, "video_fps": video_fps},
+        "settings": {"runs": opts.runs, "warmup": opts.warmup,
+                     "min_seconds": opts.min_seconds, "threads": threads,
+                     "isolate": opts.isolate, "video": source,
+                     "video_frames": opts.video_frames, "video_fps": opts.video_fps},
         "warnings": warnings, "rows": rows}
     if reference is not None:
-        results["comparison"] = compare(results, reference, tolerance, accuracy_tolerance)
-    return write_all(results, Path(out_dir) if out_dir else run_path / "bench"), results
+        results["comparison"] = compare(results, reference, opts.tolerance,
+                                        opts.accuracy_tolerance)
+    out = Path(opts.out_dir) if opts.out_dir else run_path / "bench"
+    return write_all(results, out), results
+
+
+def _select(found: dict[str, Path], variants: list[str] | None) -> dict[str, Path]:
+    """The ``variants`` asked for (all when None).
+
+    Raises:
+        EdgekitError: one that was not exported.
+    """
+    if not variants:
+        return found
+    missing = [v for v in variants if v not in found]
+    if missing:
+        raise EdgekitError(f"variant(s) {missing} not exported; found {sorted(found)}")
+    return {v: found[v] for v in variants}
+
+
+def _measure_all(found: dict[str, Path], test_files: list[tuple[Path, int]],
+                 threads: list[int], source: str | None, opts: BenchOptions,
+                 machine: tuple[str, bool]) -> tuple[list[dict[str, Any]], list[str]]:
+    """(rows of every variant, why Edge TPU variants were skipped); ``machine``: (device
+    label, emulated) written into each row."""
+    image_path = _first_readable(test_files) if test_files else None
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for name, path in found.items():
+        accel = "edgetpu" if is_edgetpu_model(path) else "cpu"
+        tpu: bool | str = (opts.edgetpu_device or True) if accel == "edgetpu" else False
+        try:
+            vrows = _measure_variant(name, path, accel, tpu, threads, test_files, image_path,
+                                     opts)
+            if source:
+                _say(f"{name}: end to end over {source} ({threads[-1]} thread(s)) ...")
+                from .pipeline import measure_end_to_end
+
+                vrows[-1]["end_to_end"] = measure_end_to_end(
+                    path, source, threads[-1], opts.video_frames or None, opts.video_fps, tpu)
+        except EdgekitError as e:
+            if accel != "edgetpu":
+                raise
+            skipped.append(f"{name}: skipped, the Edge TPU could not be used: {e}")
+            continue
+        sha = sha256(path)
+        for r in vrows:
+            r.update({"device": machine[0], "model_file": path.name, "model_sha256": sha,
+                      "size_bytes": path.stat().st_size, "emulated": machine[1]})
+            r.setdefault("end_to_end", None)
+        rows += vrows
+    return rows, skipped
 
 
 def is_release(path: Path) -> bool:
@@ -243,22 +290,21 @@ def _first_readable(files: list[tuple[Path, int]]) -> Path:
 
 
 def _measure_variant(name: str, path: Path, accel: str, tpu: bool | str, threads: list[int],
-                     test_files: list[tuple[Path, int]], image_path: Path | None, runs: int,
-                     warmup: int, min_seconds: float, isolate: bool, show_progress: bool
-                     ) -> list[dict[str, Any]]:
+                     test_files: list[tuple[Path, int]], image_path: Path | None,
+                     opts: BenchOptions) -> list[dict[str, Any]]:
     """Accuracy once, then one latency row per thread count."""
     acc: dict[str, Any] = {"top1": None, "images": 0}  # no held-out images: not measured
     if test_files:
         _say(f"{name}: accuracy on {len(test_files)} held-out images ({accel}) ...")
         acc = measure_accuracy(path, test_files, threads=threads[-1], edgetpu=tpu,
-                               show_progress=show_progress, desc=f"{name} top-1")
+                               show_progress=opts.show_progress, desc=f"{name} top-1")
     rows = []
     for t in threads:
-        _say(f"{name}: latency with {t} thread(s) on {accel}, {runs} runs ...")
-        spec = {"model": str(path), "threads": t, "edgetpu": tpu, "runs": runs,
-                "warmup": warmup, "min_seconds": min_seconds,
+        _say(f"{name}: latency with {t} thread(s) on {accel}, {opts.runs} runs ...")
+        spec = {"model": str(path), "threads": t, "edgetpu": tpu, "runs": opts.runs,
+                "warmup": opts.warmup, "min_seconds": opts.min_seconds,
                 "image": str(image_path) if image_path else None}
-        lat = measure_row(spec, isolate)
+        lat = measure_row(spec, opts.isolate)
         rows.append({"variant": name, "threads": t, "accelerator": accel,
                      "delegate": lat.pop("provider", None)
                      or ("edgetpu" if accel == "edgetpu" else "cpu-default"),
@@ -266,17 +312,15 @@ def _measure_variant(name: str, path: Path, accel: str, tpu: bool | str, threads
     return rows
 
 
-def run(run_dir: str | Path, variants: list[str] | None = None,
-        threads: list[int] | None = None, runs: int = 100, warmup: int = 10,
-        min_seconds: float = 0.0, **options: Any) -> Path:
+def run(run_dir: str | Path, options: BenchOptions | None = None, **knobs: Any) -> Path:
     """Measures each variant and writes ``run_dir/bench/``; returns the report path.
 
     Rows (``results.json``): variant, threads, accelerator, backend, latency_ms {mean,
     std, min, p50, p90, p99, max}, pipeline_ms, load_ms, first_ms, throughput_fps, top1
-    (top5), size_bytes, rss_*, end_to_end; see ``benchmarks/SCHEMA.md``. ``options`` are
-    :func:`benchmark`'s keyword arguments (no end-to-end run unless ``video`` is given).
+    (top5), size_bytes, rss_*, end_to_end; see ``benchmarks/SCHEMA.md``. ``options`` and
+    ``knobs`` as :func:`benchmark` takes them (no end-to-end run unless ``video`` is given).
 
     Raises:
         EdgekitError: no exported models, unknown variant or unreadable run.
     """
-    return benchmark(run_dir, variants, threads, runs, warmup, min_seconds, **options)[0]
+    return benchmark(run_dir, options, **knobs)[0]

@@ -282,7 +282,7 @@ def test_measuring_needs_neither_tensorflow_nor_matplotlib(exported, tmp_path):
         "for m in ('tensorflow', 'keras', 'matplotlib'):\n"
         "    sys.modules[m] = None\n"
         "from benchmarks.core import benchmark\n"
-        "report, res = benchmark(sys.argv[1], ['int8'], [1], runs=3, warmup=0, "
+        "report, res = benchmark(sys.argv[1], variants=['int8'], threads=[1], runs=3, warmup=0, "
         "isolate=False, show_progress=False)\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'matplotlib') "
         "and sys.modules[m] is not None]\n"
