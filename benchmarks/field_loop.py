@@ -180,14 +180,67 @@ def materialize(root: Path, items: list, classes: list[str], out: Path) -> int:
     return len(items)
 
 
-def drift_replay(model: Path, jsonl: Path, window: int = 300) -> dict | None:
+def video_inputs(model: Path, video: Path) -> list:
+    """Every frame of ``video`` as ``model``'s input (the runtime's own preprocessing:
+    :func:`edge_runtime.preprocess.fit_frame` with the size, crop, interpolation and colour
+    order its manifest says), for the input component of a replay."""
+    import cv2
+
+    from edge_runtime.manifest import Manifest
+    from edge_runtime.metadata import read_embedded_manifest
+    from edge_runtime.preprocess import fit_frame
+
+    embedded = read_embedded_manifest(model)
+    if embedded is None:
+        raise EdgekitError(f"{model}: no embedded manifest (input size unknown)")
+    m = Manifest.from_dict(embedded, str(model))
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            frames.append(fit_frame(bgr, m.input_size, m.resize, rgb=m.color_order != "BGR",
+                                    interpolation=m.interpolation))
+    finally:
+        cap.release()
+    if not frames:
+        raise EdgekitError(f"no frames read from {video}")
+    return frames
+
+
+def model_answers(model: Path, inputs: list) -> list[dict]:
+    """The model's raw top-1 on each prepared input, as the daemon's JSON lines carry it
+    (``{"frame", "raw": {"index", "score"}}``), for a replay without a daemon run."""
+    import numpy as np
+
+    from edge_runtime.classify import Classifier
+    from edge_runtime.infer import FrameClassifier
+
+    frames = FrameClassifier(Classifier(model))
+    out = []
+    for i, img in enumerate(inputs):
+        scores = frames.scores(img, prepared=img)
+        top = int(np.argmax(scores))
+        out.append({"frame": i, "raw": {"index": top, "score": float(scores[top])}})
+    return out
+
+
+def drift_replay(model: Path, jsonl: Path | None, window: int = 300,
+                 video: Path | None = None, frames: int | None = None) -> dict | None:
     """The daemon's drift over a run, replayed from its JSON lines: each frame's raw
     top-1 into a :class:`edge_runtime.drift.DriftMonitor` from the model's own baseline
-    (what the daemon's monitor computed, frame by frame; its default window).
+    (what the daemon's monitor computed, frame by frame; its default window). With the
+    ``video`` the daemon read, each line's frame (its ``frame`` number, modulo the video's
+    length for a looped run) also feeds the input component, as in the daemon. Without
+    JSON lines (``jsonl`` None) the model itself runs on the video's frames, looped to
+    ``frames`` (default: the video once).
 
     Returns:
-        ``{"frames", "max", "final", "first_alert_frame"}``, or None when the model
-        carries no drift baseline.
+        ``{"frames", "max", "final", "first_alert_frame", "max_components"}`` (the
+        largest value each component reached), or None when the model carries no drift
+        baseline.
     """
     from edge_runtime.drift import DriftMonitor
     from edge_runtime.metadata import read_embedded_manifest
@@ -196,18 +249,31 @@ def drift_replay(model: Path, jsonl: Path, window: int = 300) -> dict | None:
     mon = DriftMonitor.from_manifest(manifest or {}, window=window, model=model.name)
     if mon is None:
         return None
-    frames, peak, first, state = 0, 0.0, None, None
-    for line in jsonl.read_text(encoding="utf-8").splitlines():
+    inputs = None if video is None else video_inputs(model, video)
+    if jsonl is not None:
+        lines = [json.loads(s) for s in jsonl.read_text(encoding="utf-8").splitlines()
+                 if s.strip()]
+    elif inputs is not None:
+        once = model_answers(model, inputs)
+        lines = [{**once[i % len(once)], "frame": i} for i in range(frames or len(once))]
+    else:
+        raise EdgekitError("drift replay: give the daemon's JSON lines or the video")
+    frames, peak, first, state, parts = 0, 0.0, None, None, {}
+    for d in lines:
         try:
-            raw = json.loads(line)["raw"]
-            mon.update(int(raw["index"]), float(raw["score"]))
+            raw = d["raw"]
+            image = None if inputs is None else inputs[int(d["frame"]) % len(inputs)]
+            mon.update(int(raw["index"]), float(raw["score"]), image)
         except (ValueError, KeyError, TypeError):
             continue  # a status line or a frame without a raw answer
         frames += 1
         state = mon.snapshot()
         peak = max(peak, state.value)
+        for k, v in state.components().items():
+            parts[k] = max(parts.get(k, 0.0), v)
         if state.alert and first is None:
             first = frames
     return {"frames": frames, "max": round(peak, 3),
             "final": None if state is None else round(state.value, 3),
-            "first_alert_frame": first}
+            "first_alert_frame": first,
+            "max_components": {k: round(v, 3) for k, v in parts.items()}}

@@ -29,9 +29,28 @@ times it: with ``alpha`` = 0.001 per component and check, that keeps a looping
 in-distribution video from alerting over hours (multiple testing over time), while a
 shifted stream alerts ``PERSIST - 1`` checks after the statistic first crosses the line.
 
-``update`` is O(1) (a write into two ring buffers, under a lock) on the inference thread;
-every ``CHECK_EVERY``-th call also recomputes the statistic, O(window log window) in numpy
-(about 0.1 ms at 300 frames). ``snapshot`` returns the last check's frozen state.
+A third component, ``input``, sees what the outputs cannot: a model that is *confidently
+wrong* on other light or backgrounds (:mod:`edge_runtime.drift_input`). Each frame's model
+input gives three statistics (luminance, saturation, edges); each is tested like
+``confidence`` (KS against the baseline's quantiles of the training and validation images,
+``n_eff`` from median crossings, the same critical-value scaling) and ``input`` is the
+largest of the three. These statistics are dominated by the scene (background, light),
+which changes far slower than the frames, while per-frame camera jitter makes a single
+scene's series cross its own median at almost every frame: counted per frame, one
+background looked like 150 independent draws and the looping sample video alerted at frame
+80. So ``n_eff`` comes from the crossings of means over ``INPUT_BLOCK``-frame blocks (1 s at
+15 fps): jitter averages out, a scene counts about once, and one window is at most
+``window / INPUT_BLOCK`` observations (conservative for truly independent frames). The three share the component's ``alpha`` (Bonferroni: ``alpha /
+3`` each, ``c`` = 2.09 instead of 1.95), so per check each component (confidence, classes,
+input) keeps a false-alarm rate of at most ``alpha``, at most ``3 alpha`` for the value.
+A baseline without input statistics (an older convert) leaves ``input`` None and the
+monitor works on the two output components as before.
+
+``update`` is O(1) on the inference thread: a write into the ring buffers under a lock,
+plus, when given the frame's model input and the baseline has input statistics, those
+statistics on a 32x32 grid (about 10-40 µs). Every ``CHECK_EVERY``-th call also recomputes
+the statistic, O(window log window) in numpy (about 0.1 ms at 300 frames, 0.3 ms with the
+input component). ``snapshot`` returns the last check's frozen state.
 """
 
 from __future__ import annotations
@@ -43,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from .drift_input import INPUT_STATS, check_input_baseline, input_stats, ks_coefficient
 from .errors import EdgekitError
 
 BASELINE_VERSION = 1
@@ -58,6 +78,7 @@ DEFAULT_THRESHOLD = 1.0
 # [HYSTERESIS_MIN, HYSTERESIS_MAX]) are noise, not a new observation (effective_confidence).
 HYSTERESIS = 0.05
 HYSTERESIS_MIN, HYSTERESIS_MAX = 0.002, 0.02
+INPUT_BLOCK = 15  # frames averaged before counting the input statistics' median crossings
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,11 @@ class DriftState:
         classes: predicted-class chi-square, as sqrt(X2 / critical value).
         effective_confidence: effective sample size used for ``confidence``.
         effective_classes: effective sample size used for ``classes``.
+        input: the largest input statistic's KS distance over its critical value (None:
+            the baseline has no input statistics, or no frame image came yet).
+        input_luminance, input_saturation, input_edges: each statistic's (None: not
+            measured).
+        effective_input: the smallest effective sample size of the input statistics.
     """
 
     value: float
@@ -84,6 +110,21 @@ class DriftState:
     classes: float
     effective_confidence: float = 0.0
     effective_classes: float = 0.0
+    input: float | None = None
+    input_luminance: float | None = None
+    input_saturation: float | None = None
+    input_edges: float | None = None
+    effective_input: float = 0.0
+
+    def components(self) -> dict[str, float]:
+        """The measured components by name (``confidence``, ``classes``, ``input_...``),
+        for /metrics and /healthz."""
+        out = {"confidence": self.confidence, "classes": self.classes}
+        for name in INPUT_STATS:
+            v = getattr(self, f"input_{name}")
+            if v is not None:
+                out[f"input_{name}"] = v
+        return out
 
 
 def make_baseline(probs: np.ndarray) -> dict[str, Any]:
@@ -143,12 +184,15 @@ class DriftMonitor:
     Thread-safe: ``update`` on the inference thread, ``snapshot`` from any other.
     """
 
-    def __init__(self, baseline: dict, window: int = 300, threshold: float | None = None
-                 ) -> None:
+    def __init__(self, baseline: dict, window: int = 300, threshold: float | None = None,
+                 bgr: bool = False) -> None:
         """Args:
-            baseline: one model's entry (see :func:`make_baseline`).
+            baseline: one model's entry (see :func:`make_baseline`; its optional
+                ``input`` from :func:`edge_runtime.drift_input.make_input_baseline`).
             window: frames compared (>= 10).
             threshold: alert line for the value (default 1.0, the critical value).
+            bgr: the frame images given to :meth:`update` are BGR (the model's colour
+                order), not RGB.
 
         Raises:
             EdgekitError: a malformed baseline, window or threshold.
@@ -176,6 +220,9 @@ class DriftMonitor:
         self._above = self._below = 0
         self._alert = False
         self._state = DriftState(0.0, False, self.threshold, 0, 0.0, 0.0)
+        self._bgr = bool(bgr)
+        self._input = None if baseline.get("input") is None else InputComponent(
+            baseline["input"], window)
 
     @classmethod
     def from_manifest(cls, manifest: Any, window: int = 300, threshold: float | None = None,
@@ -188,15 +235,28 @@ class DriftMonitor:
                 shared by several variants (an embedded manifest holds just its own).
         """
         entry = baseline_for(manifest, model)
-        return None if entry is None else cls(entry, window=window, threshold=threshold)
+        order = getattr(manifest, "color_order", None)
+        if order is None and isinstance(manifest, dict):
+            order = manifest.get("color_order")
+        return None if entry is None else cls(entry, window=window, threshold=threshold,
+                                              bgr=order == "BGR")
 
-    def update(self, index: int, score: float) -> None:
-        """Adds one frame's raw top-1 (class index and its score): O(1), and every
+    def update(self, index: int, score: float, image: np.ndarray | None = None) -> None:
+        """Adds one frame's raw top-1 (class index and its score) and, for the input
+        component, its model input ``image`` (H, W, 3 uint8 in the model's colour order,
+        as preprocessed for it; None: this frame has none): O(1), and every
         ``CHECK_EVERY`` frames one O(window log window) check."""
         if not math.isfinite(score):
             return  # a broken model's NaN says nothing about the scene
         c = index if 0 <= index < self._spare else self._spare
+        # The baseline's quantiles are stored to 6 decimals: an int8 model's 0.99609375
+        # unrounded sits just below its own baseline value 0.996094 and read as a shift.
+        score = round(score, 6)
+        stats = None if self._input is None or image is None else input_stats(image,
+                                                                              self._bgr)
         with self._lock:
+            if stats is not None:
+                self._input.add(stats)
             slot = self._count % self.size
             self._conf[slot] = score
             self._cls[slot] = c
@@ -232,11 +292,16 @@ class DriftMonitor:
             KS_C * math.sqrt(1 / n_conf + 1 / self._n_base) + self._resolution)
         d_cls = chi2_ratio(freq, self._p_base, n_cls, self._n_base,
                            df=len(self._p_base) - 2 + int(freq[-1] > 0))
-        value = max(d_conf, d_cls)
+        inputs, n_in = ({}, 0.0) if self._input is None else self._input.check(
+            self.min_frames)
+        d_in = max(inputs.values()) if inputs else None
+        value = max(d_conf, d_cls, d_in or 0.0)
         self._update_alert(value)
         return DriftState(round(value, 4), self._alert, self.threshold, m,
                           round(d_conf, 4), round(d_cls, 4), round(n_conf, 1),
-                          round(n_cls, 1))
+                          round(n_cls, 1), None if d_in is None else round(d_in, 4),
+                          *(None if k not in inputs else round(inputs[k], 4)
+                            for k in INPUT_STATS), round(n_in, 1))
 
     def _update_alert(self, value: float) -> None:
         if value >= self.threshold:
@@ -249,6 +314,53 @@ class DriftMonitor:
             self._alert = True
         elif self._alert and self._below >= PERSIST:
             self._alert = False
+
+
+class InputComponent:
+    """The input statistics' ring buffer and their tests (the caller holds the lock)."""
+
+    def __init__(self, baseline: Any, window: int) -> None:
+        self.n_base, quantiles = check_input_baseline(baseline)
+        self.tests = []  # (column, name, cdf, hysteresis, resolution)
+        for col, name in enumerate(INPUT_STATS):
+            q = quantiles.get(name)
+            if q is None:
+                continue
+            spread = q[round(0.9 * (len(q) - 1))] - q[round(0.1 * (len(q) - 1))]
+            # A constant statistic (all-grey training images) still needs a noise band.
+            band = max(HYSTERESIS * spread, 1e-3 * (abs(float(q[len(q) // 2])) + 1.0))
+            self.tests.append((col, name, StepCDF(q), band, 1.0 / len(q)))
+        # Bonferroni: the statistics share the component's ALPHA.
+        self.c = ks_coefficient(ALPHA / len(self.tests))
+        self.size = window
+        self.ring = np.zeros((window, len(INPUT_STATS)), np.float64)
+        self.count = 0
+
+    def add(self, stats: tuple[float, ...]) -> None:
+        self.ring[self.count % self.size] = stats
+        self.count += 1
+
+    def check(self, min_frames: int) -> tuple[dict[str, float], float]:
+        """Each statistic's KS distance over its critical value, and the smallest
+        n_eff; nothing before ``min_frames`` frames with an image."""
+        if self.count < max(min_frames, 2 * INPUT_BLOCK):
+            return {}, 0.0
+        if self.count <= self.size:
+            rows = self.ring[:self.count]
+        else:
+            cut = self.count % self.size
+            rows = np.concatenate([self.ring[cut:], self.ring[:cut]])
+        blocks = len(rows) // INPUT_BLOCK
+        means = rows[len(rows) - blocks * INPUT_BLOCK:].reshape(
+            blocks, INPUT_BLOCK, -1).mean(1)
+        out, n_min = {}, float(blocks)
+        for col, name, cdf, band, resolution in self.tests:
+            xs = np.sort(rows[:, col])
+            n_eff = effective_confidence(means[:, col], band)  # in blocks (see the module)
+            n_min = min(n_min, n_eff)
+            out[name] = cdf.ks(xs, presorted=True) / (
+                self.c * math.sqrt(1 / n_eff + 1 / self.n_base) + resolution)
+        return out, n_min
 
 
 class StepCDF:
