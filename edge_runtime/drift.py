@@ -40,11 +40,16 @@ scene's series cross its own median at almost every frame: counted per frame, on
 background looked like 150 independent draws and the looping sample video alerted at frame
 80. So ``n_eff`` comes from the crossings of means over ``INPUT_BLOCK``-frame blocks (1 s at
 15 fps): jitter averages out, a scene counts about once, and one window is at most
-``window / INPUT_BLOCK`` observations (conservative for truly independent frames). The three share the component's ``alpha`` (Bonferroni: ``alpha /
-3`` each, ``c`` = 2.09 instead of 1.95), so per check each component (confidence, classes,
-input) keeps a false-alarm rate of at most ``alpha``, at most ``3 alpha`` for the value.
-A baseline without input statistics (an older convert) leaves ``input`` None and the
-monitor works on the two output components as before.
+``window / INPUT_BLOCK`` observations (conservative for truly independent frames). The
+price: a dim static scene is about one observation, and with the Markov estimate (half the
+truth for block-constant series) and KS's asymptotic critical value, even a window wholly
+outside the baseline needs about five scene changes to cross the line; objects passing
+over one background (the field video) add observations. The three statistics share the
+component's ``alpha`` (Bonferroni: ``alpha / 3`` each, ``c`` = 2.09 instead of 1.95), so
+per check each component (confidence, classes, input) keeps a false-alarm rate of at most
+``alpha``, at most ``3 alpha`` for the value. A baseline without input statistics (an
+older convert) leaves ``input`` None and the monitor works on the two output components
+as before.
 
 ``update`` is O(1) on the inference thread: a write into the ring buffers under a lock,
 plus, when given the frame's model input and the baseline has input statistics, those

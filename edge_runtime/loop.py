@@ -201,10 +201,12 @@ class Daemon:
                 "last_reload_error": self.reload_error, **self._drift_fields()}
 
     def _drift_fields(self) -> dict[str, Any]:
-        """``drift`` and ``drift_alert`` for /healthz and /latest (null without a baseline)."""
+        """``drift``, ``drift_alert`` and ``drift_components`` for /healthz and /latest
+        (null without a baseline)."""
         state = self.metrics.drift
         return {"drift": None if state is None else state.value,
-                "drift_alert": None if state is None else state.alert}
+                "drift_alert": None if state is None else state.alert,
+                "drift_components": None if state is None else state.components()}
 
     def _reload_worker(self) -> None:
         try:
@@ -272,7 +274,8 @@ class Daemon:
         result = self.smoother(scores)
         raw = result.raw
         if self.drift is not None and raw is not None:
-            self.drift.update(raw.index, raw.score)
+            # prepared: the model input (None when written straight into the tensor).
+            self.drift.update(raw.index, raw.score, prepared)
             self.metrics.drift = self.drift.snapshot()  # recomputed every few frames
         if self.keeper is not None:
             self.keeper.offer(frame, scores, result, self.metrics.drift)

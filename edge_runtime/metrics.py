@@ -256,6 +256,14 @@ def _field_loop(m: Metrics) -> list[Any]:
                                      value=m.drift.value))
         out.append(GaugeMetricFamily("edgekit_confidence_drift_alert", "1 while drift is "
                                      "flagged.", value=int(bool(m.drift.alert))))
+        components = getattr(m.drift, "components", None)  # a DriftState has them
+        if components is not None:
+            parts = GaugeMetricFamily("edgekit_drift_component", "Each drift component "
+                                      "over its critical value (the drift gauge is the "
+                                      "largest).", labels=["component"])
+            for name, v in components().items():
+                parts.add_metric([name], v)
+            out.append(parts)
     if m.keeper is not None:
         c = m.keeper.counts()
         kept = CounterMetricFamily("edgekit_kept_frames", "Frames kept for labelling, by "
