@@ -8,7 +8,7 @@ disk (JPEG encoding, the atomic pair, the quota, the model's sha256) happens on 
 writer thread. A full queue, a full disk or a failing write drops the frame, counted by
 reason and cause; inference never waits for the disk. The capture thread hands over a
 fresh image per frame and never writes into it again (see
-:class:`edge_runtime.capture.Frame`), so the reference is kept without a copy.
+:class:`edge_runtime.frameslot.Frame`), so the reference is kept without a copy.
 
 Near duplicates: a 16x16 grayscale thumbnail (each pixel the mean of 16 samples, so sensor
 noise mostly cancels out; ~0.1 ms at any frame size) of every candidate is compared with
@@ -219,7 +219,7 @@ class Keeper:
         """Decides whether to keep a classified frame; queues it without waiting.
 
         Args:
-            frame: the :class:`edge_runtime.capture.Frame` (``image``, ``seq``, ``t``).
+            frame: the :class:`edge_runtime.frameslot.Frame` (``image``, ``seq``, ``t``).
             scores: the model's scores for it (a fresh array, not reused).
             result: its :class:`edge_runtime.smoothing.Result`.
             drift: the latest :class:`edge_runtime.drift.DriftState`, or None.

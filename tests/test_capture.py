@@ -13,7 +13,8 @@ import pytest
 
 from edge_runtime import EdgekitError
 from edge_runtime.camera import Source, parse_source
-from edge_runtime.capture import Capture, Frame, FrameSlot, backoff_delay, valid_frame
+from edge_runtime.capture import Capture, backoff_delay, valid_frame
+from edge_runtime.frameslot import Frame, FrameSlot
 from edge_runtime.settings import CameraSettings, WatchdogSettings
 from tests.conftest import FakeCamera, run_cli
 
