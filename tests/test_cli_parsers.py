@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime import cli
+from edge_runtime import cli, run_command
 from edge_runtime.errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -180,7 +180,7 @@ def test_run_flags_become_typed_overrides_not_set_strings(tmp_path):
     args = _run_args("--model", "m.tflite", "--source", "clip.avi", "--threads", "2",
                      "--http", "0", "--realtime", "--edgetpu", "usb:1", "--output",
                      str(tmp_path / "o.jsonl"), "--set", "model.threads=3")
-    assert cli._flag_overrides(args) == {
+    assert run_command._flag_overrides(args) == {
         "model": {"path": Path("m.tflite"), "threads": 2, "delegate": "edgetpu",
                   "edgetpu_device": "usb:1"},
         "camera": {"source": "clip.avi", "realtime": True},
@@ -189,12 +189,13 @@ def test_run_flags_become_typed_overrides_not_set_strings(tmp_path):
         "http": {"enabled": True, "port": 0},
         "keep": {},
     }
-    cfg = cli._run_config(args)
+    cfg = run_command._run_config(args)
     assert cfg.model.threads == 2  # the flag beats --set
     assert cfg.http.enabled and cfg.http.port == 0 and cfg.http.host == "127.0.0.1"
     assert cfg.camera.realtime and not cfg.camera.loop
     assert cfg.output.jsonl == str(tmp_path / "o.jsonl")
-    host = cli._run_config(_run_args("--model", "m", "--source", "s", "--http", "0.0.0.0:81"))
+    host = run_command._run_config(_run_args("--model", "m", "--source", "s", "--http",
+                                             "0.0.0.0:81"))
     assert (host.http.host, host.http.port) == ("0.0.0.0", 81)
 
 
@@ -270,7 +271,8 @@ def test_brief_never_builds_a_huge_repr():
 
 
 _ENABLED = ("E", "F", "W", "I", "B", "UP")  # pyproject.toml [tool.ruff.lint] select
-_MINE = ("edge_runtime/config.py", "edge_runtime/cli.py", "edge_runtime/__main__.py",
+_MINE = ("edge_runtime/config.py", "edge_runtime/cli.py", "edge_runtime/run_command.py",
+         "edge_runtime/settings.py", "edge_runtime/__main__.py",
          "edge_runtime/errors.py", "convert/__main__.py", "benchmarks/__main__.py",
          "train/__main__.py")
 

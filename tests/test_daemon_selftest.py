@@ -71,7 +71,7 @@ def test_warn_mode_serves_and_reports(golden_model):
 
 
 def test_status_and_metrics_carry_the_verdict(golden_model):
-    from edge_runtime.cli import check_model
+    from edge_runtime.run_command import check_model
 
     model, labels, _ = golden_model
     clf = Classifier(model, labels=labels, interpolation="linear")

@@ -63,7 +63,7 @@ def test_run_keep_dir_writes_pairs_with_the_contract_sidecar(exported, sample, t
 
 
 def test_keep_flags_set_the_profile():
-    from edge_runtime.cli import _run_config
+    from edge_runtime.run_command import _run_config
 
     args = build_parser().parse_args(["run", "--model", "m.tflite", "--source", "0",
                                       "--keep-dir", "/k", "--keep-max-per-minute", "0"])
