@@ -33,23 +33,33 @@ A third component, ``input``, sees what the outputs cannot: a model that is *con
 wrong* on other light or backgrounds (:mod:`edge_runtime.drift_input`). Each frame's model
 input gives three statistics (luminance, saturation, edges); each is tested like
 ``confidence`` (KS against the baseline's quantiles of the training and validation images,
-``n_eff`` from median crossings, the same critical-value scaling) and ``input`` is the
-largest of the three. These statistics are dominated by the scene (background, light),
-which changes far slower than the frames, while per-frame camera jitter makes a single
-scene's series cross its own median at almost every frame: counted per frame, one
-background looked like 150 independent draws and the looping sample video alerted at frame
-80. So ``n_eff`` comes from the crossings of means over ``INPUT_BLOCK``-frame blocks (1 s at
-15 fps): jitter averages out, a scene counts about once, and one window is at most
-``window / INPUT_BLOCK`` observations (conservative for truly independent frames). The
-price: a dim static scene is about one observation, and with the Markov estimate (half the
-truth for block-constant series) and KS's asymptotic critical value, even a window wholly
-outside the baseline needs about five scene changes to cross the line; objects passing
-over one background (the field video) add observations. The three statistics share the
-component's ``alpha`` (Bonferroni: ``alpha / 3`` each, ``c`` = 2.09 instead of 1.95), so
-per check each component (confidence, classes, input) keeps a false-alarm rate of at most
-``alpha``, at most ``3 alpha`` for the value. A baseline without input statistics (an
-older convert) leaves ``input`` None and the monitor works on the two output components
-as before.
+the same critical-value scaling) and ``input`` is the largest of the three. Only ``n_eff``
+is counted differently. These statistics follow the scene (background, light), which
+changes far slower than the frames, while per-frame camera jitter makes one scene's series
+cross its own median at almost every frame: counted from frame crossings, one background
+looked like 150 independent draws and the looping sample video alerted at frame 80. So the
+window is cut into ``INPUT_BLOCK``-frame blocks (1 s at 15 fps), whose means average the
+jitter out, and ``n_eff`` is one plus the number of blocks whose mean moved from the
+previous one by more than ``INPUT_SIGMAS`` standard errors (the frames' spread within a
+block, the window's median, over sqrt(INPUT_BLOCK / 2)), and by at least ``INPUT_FLOOR``
+of the baseline's 10-90 % spread: a new scene (consecutive moves count once: a change
+inside a block moves it away from both neighbours). Jitter alone crosses that line about once
+in 400 block pairs, a static scene counts once, and a window is at most ``window /
+INPUT_BLOCK`` observations. The line scales with the stream itself, so scenes in dim light
+(whose statistics differ less than the baseline's) still count. Rejected on the way, both
+measured on these videos: the Markov estimate of ``confidence`` (it counts block-constant
+scenes half: a field video wholly outside the baseline went unflagged for 390 frames), and
+a fixed share of the baseline's spread (it saw one scene in a dimmed stream). Objects
+passing over one background count as new looks when they move a statistic beyond the
+noise: a stream of few backgrounds with many objects each comes closer to the line
+(0.85 measured on a synthetic one) than one object per background (0.3-0.55 on the sample
+videos).
+
+The three input statistics share the component's ``alpha`` (Bonferroni: ``alpha / 3``
+each, ``c`` = 2.09 instead of 1.95), so per check each component (confidence, classes,
+input) keeps a false-alarm rate of at most ``alpha``, at most ``3 alpha`` for the value.
+A baseline without input statistics (an older convert) leaves ``input`` None and the
+monitor works on the two output components as before.
 
 ``update`` is O(1) on the inference thread: a write into the ring buffers under a lock,
 plus, when given the frame's model input and the baseline has input statistics, those
@@ -83,7 +93,9 @@ DEFAULT_THRESHOLD = 1.0
 # [HYSTERESIS_MIN, HYSTERESIS_MAX]) are noise, not a new observation (effective_confidence).
 HYSTERESIS = 0.05
 HYSTERESIS_MIN, HYSTERESIS_MAX = 0.002, 0.02
-INPUT_BLOCK = 15  # frames averaged before counting the input statistics' median crossings
+INPUT_BLOCK = 15  # frames averaged before counting the input statistics' scene changes
+INPUT_SIGMAS = 3.0  # a block mean this many standard errors from the last: a new scene
+INPUT_FLOOR = 0.02  # ... and at least this share of the baseline's 10-90 % spread
 
 
 @dataclass(frozen=True)
@@ -326,15 +338,15 @@ class InputComponent:
 
     def __init__(self, baseline: Any, window: int) -> None:
         self.n_base, quantiles = check_input_baseline(baseline)
-        self.tests = []  # (column, name, cdf, hysteresis, resolution)
+        self.tests = []  # (column, name, cdf, floor, resolution)
         for col, name in enumerate(INPUT_STATS):
             q = quantiles.get(name)
             if q is None:
                 continue
             spread = q[round(0.9 * (len(q) - 1))] - q[round(0.1 * (len(q) - 1))]
-            # A constant statistic (all-grey training images) still needs a noise band.
-            band = max(HYSTERESIS * spread, 1e-3 * (abs(float(q[len(q) // 2])) + 1.0))
-            self.tests.append((col, name, StepCDF(q), band, 1.0 / len(q)))
+            # A constant statistic (all-grey training images) still needs a noise floor.
+            floor = max(INPUT_FLOOR * spread, 1e-3 * (abs(float(q[len(q) // 2])) + 1.0))
+            self.tests.append((col, name, StepCDF(q), floor, 1.0 / len(q)))
         # Bonferroni: the statistics share the component's ALPHA.
         self.c = ks_coefficient(ALPHA / len(self.tests))
         self.size = window
@@ -356,16 +368,28 @@ class InputComponent:
             cut = self.count % self.size
             rows = np.concatenate([self.ring[cut:], self.ring[:cut]])
         blocks = len(rows) // INPUT_BLOCK
-        means = rows[len(rows) - blocks * INPUT_BLOCK:].reshape(
-            blocks, INPUT_BLOCK, -1).mean(1)
+        cut = rows[len(rows) - blocks * INPUT_BLOCK:].reshape(blocks, INPUT_BLOCK, -1)
+        moved = np.abs(np.diff(cut.mean(1), axis=0))
+        noise = np.median(cut.std(1), axis=0) * math.sqrt(2 / INPUT_BLOCK) * INPUT_SIGMAS
         out, n_min = {}, float(blocks)
-        for col, name, cdf, band, resolution in self.tests:
+        for col, name, cdf, floor, resolution in self.tests:
             xs = np.sort(rows[:, col])
-            n_eff = effective_confidence(means[:, col], band)  # in blocks (see the module)
+            line = max(float(noise[col]), floor)
+            n_eff = 1.0 + scene_changes(moved[:, col] > line)
             n_min = min(n_min, n_eff)
+            root = math.sqrt(1 / (1 / n_eff + 1 / self.n_base))
+            # Stephens' small-sample form of the KS critical value (see the module).
             out[name] = cdf.ks(xs, presorted=True) / (
-                self.c * math.sqrt(1 / n_eff + 1 / self.n_base) + resolution)
+                self.c / (root + 0.12 + 0.11 / root) + resolution)
         return out, n_min
+
+
+def scene_changes(moving: np.ndarray) -> int:
+    """Runs of consecutive block-to-block moves: a scene change inside a block moves both
+    its neighbours' pairs, and must count once."""
+    if not len(moving):
+        return 0
+    return int(moving[0]) + int(np.count_nonzero(moving[1:] & ~moving[:-1]))
 
 
 class StepCDF:

@@ -258,6 +258,9 @@ def test_each_exported_model_carries_its_own_baseline(exported):
         assert entry["n"] == 36 == sum(entry["class_counts"])
         inside = read_embedded_manifest(exported / name)["drift_baseline"]
         assert inside["models"] == {name: entry}  # a copied model file describes itself
+        # The input statistics: the model's own training and validation images (168 + 36).
+        assert entry["input"]["n"] == 168 + 36 and entry["input"]["split"] == \
+            "train+validation"
     q8 = np.array(drift["models"]["model_int8.tflite"]["confidence_quantiles"])
     assert np.allclose(q8 * 256, np.round(q8 * 256), atol=1e-3)
     qf = np.array(drift["models"]["model_float32.tflite"]["confidence_quantiles"])
@@ -373,18 +376,18 @@ def test_input_stats_of_known_pictures():
 def test_input_component_flags_dim_and_striped_streams_not_in_distribution(validation,
                                                                            with_input):
     """The outputs stay like validation throughout: only the input can tell. Field-like
-    streams (four objects over each background): saturated stripes alert within 300
-    frames; dimmed light crosses the line (its persisted alert takes longer there:
-    a static scene is about one observation, see edge_runtime.drift)."""
+    streams (four objects over each background, five backgrounds per 300 frames): dimmed
+    light alerts within 300 frames; saturated stripes cross the line within 600 (a
+    persisted alert needs more scenes there: each scene is about one observation)."""
     first, top = feed_images(DriftMonitor(with_input), validation,
                              scene_stream(np.random.default_rng(3), 3000))
     assert first is None and top.input < 1.0, top
     first, top = feed_images(DriftMonitor(with_input), validation,
-                             scene_stream(np.random.default_rng(3), 300, 4, stripes=True))
+                             scene_stream(np.random.default_rng(3), 300, 4, gain=0.3))
     assert first is not None and first <= 300, (first, top)
-    assert top.confidence < 1.0 and top.classes < 1.0 and top.input_saturation >= 1.0, top
+    assert top.confidence < 1.0 and top.classes < 1.0 and top.input_luminance >= 1.0, top
     _, top = feed_images(DriftMonitor(with_input), validation,
-                         scene_stream(np.random.default_rng(3), 900, 4, gain=0.3))
+                         scene_stream(np.random.default_rng(3), 600, 4, stripes=True))
     assert top.input >= 1.0 and top.confidence < 1.0 and top.classes < 1.0, top
 
 
@@ -431,3 +434,30 @@ def test_drift_components_on_metrics(validation, with_input):
         value = m.drift.components()[name]
         assert f'edgekit_drift_component{{component="{name}"}} {value}' in lines, name
     assert f"edgekit_confidence_drift {m.drift.value}" in lines
+
+
+def test_rerecord_an_export_in_place(exported, tmp_path):
+    """``python -m convert.drift_baseline RUN``: an export made before the input
+    statistics gets them; manifest.json's sha256s follow the rewritten model files."""
+    import shutil
+
+    from convert.drift_baseline import main
+    from edge_runtime.fileio import file_sha256
+    from edge_runtime.metadata import read_embedded_manifest
+
+    run = tmp_path / "run"
+    shutil.copytree(exported.parent, run, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    beside = json.loads((run / "export" / "manifest.json").read_text())
+    for entry in beside["drift_baseline"]["models"].values():
+        del entry["input"]
+    (run / "export" / "manifest.json").write_text(json.dumps(beside))
+    assert main([str(run)]) == 0
+    beside = json.loads((run / "export" / "manifest.json").read_text())
+    for variant in beside["variants"].values():
+        path = run / "export" / variant["file"]
+        assert variant["sha256"] == file_sha256(path)
+        entry = beside["drift_baseline"]["models"][variant["file"]]
+        assert entry["input"]["n"] == 168 + 36
+        assert read_embedded_manifest(path)["drift_baseline"]["models"] == {path.name: entry}
+    with pytest.raises(EdgekitError, match="no exported models listed"):
+        main([str(run), "--export", str(tmp_path)])
