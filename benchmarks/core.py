@@ -134,7 +134,7 @@ def benchmark(run_dir: str | Path, options: BenchOptions | None = None,
         run_dir: a training run folder with an ``export/`` folder, or a deployed release
             (``~/edgekit/current``: every model it holds, its ``heldout/`` images).
         options: what to measure and how (default: :class:`BenchOptions`'s defaults).
-        **knobs: :class:`BenchOptions` fields that override ``options``'.
+        **knobs: :class:`BenchOptions` fields, overriding those of ``options``.
 
     Raises:
         EdgekitError: no exported models, unknown variant, bad counts, unreadable run or
