@@ -274,7 +274,9 @@ def test_idle_connections_make_room_for_a_real_request(serve, monkeypatch):
         assert srv.httpd.connections == 8
         t0 = time.monotonic()
         reply = raw(srv, b"GET /latest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert status(reply) == 200 and time.monotonic() - t0 < 1.0
+        # Without eviction the request would wait for an idle one's 5 s deadline; under a
+        # loaded CI machine the answer itself can take a second.
+        assert status(reply) == 200 and time.monotonic() - t0 < 2.5
         assert closed_within(idle[0], 2.0) is not None  # the longest idle one made room
     finally:
         for s in idle:
