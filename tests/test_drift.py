@@ -461,3 +461,28 @@ def test_rerecord_an_export_in_place(exported, tmp_path):
         assert read_embedded_manifest(path)["drift_baseline"]["models"] == {path.name: entry}
     with pytest.raises(EdgekitError, match="no exported models listed"):
         main([str(run), "--export", str(tmp_path)])
+
+
+def test_daemon_feeds_each_frames_model_input(exported, sample):
+    """The daemon hands the monitor each frame's prepared model input: the input
+    components appear on /healthz and /metrics (the statistics need 30 frames)."""
+    from edge_runtime.camera import parse_source
+    from edge_runtime.capture import Capture
+    from edge_runtime.classify import Classifier
+    from edge_runtime.config import load_config
+    from edge_runtime.loop import Daemon, StopFlag
+
+    cfg = load_config(None, [], environ={})
+    cap = Capture(parse_source(str(sample / "video.avi")), cfg.camera, cfg.watchdog).start()
+    daemon = Daemon(Classifier(exported / "model_int8.tflite"), cap, cfg, None, StopFlag())
+    try:
+        assert daemon.run()["frames"] == 60
+    finally:
+        cap.stop()
+    parts = daemon.status()["drift_components"]
+    assert set(parts) == {"confidence", "classes", "input_luminance", "input_saturation",
+                          "input_edges"}
+    assert daemon.metrics.drift.window == 60
+    lines = daemon.metrics.render().splitlines()
+    for name, value in parts.items():
+        assert f'edgekit_drift_component{{component="{name}"}} {value}' in lines
