@@ -86,7 +86,9 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> bool:
     else:
         ax.set_xlabel("invoke latency p50 (ms)")
     top1 = [r["top1"] * 100 for r in rows]
-    ax.set_ylim(max(0.0, min(top1) - 5), min(101.0, max(top1) + 2))
+    low, high = max(0.0, min(top1) - 5), min(101.0, max(top1) + 2)
+    ax.set_ylim(low, high)  # the room above 100 % keeps a perfect point's marker whole
+    ax.set_yticks([t for t in ax.get_yticks() if low <= t <= 100.0])  # no "101 %"
     ax.set_ylabel("held-out top-1 (%)")
     ax.set_title("Latency vs accuracy (marker area ~ model size)" + emulated_note(rows))
     ax.grid(alpha=0.3, which="both")
@@ -94,16 +96,6 @@ def pareto_plot(rows: list[dict[str, Any]], path: Path) -> bool:
     fig.tight_layout()
     _save(fig, plt, path)
     return True
-
-
-def _throughput(r: dict[str, Any]) -> float:
-    """Inferences per second as the report's table gives them: 1000 / mean latency
-    (back-to-back invokes; the mean, not the median, is what a sustained rate sees)."""
-    fps = r.get("throughput_fps")
-    if isinstance(fps, (int, float)) and fps > 0:
-        return float(fps)
-    mean = r["latency_ms"]["mean"]
-    return 1000.0 / mean if mean > 0 else 0.0
 
 
 def emulated_note(rows: list[dict[str, Any]]) -> str:
@@ -115,8 +107,9 @@ def emulated_note(rows: list[dict[str, Any]]) -> str:
 
 
 def scaling_series(rows: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
-    """(threads, throughput) per device/variant/accelerator measured at 2+ thread counts,
-    keyed by the legend label; throughput is the report table's fps (:func:`_throughput`)."""
+    """(threads, invoke latency p50 in ms) per device/variant/accelerator measured at 2+
+    thread counts, keyed by the legend label. p50, as in the Pareto plot: both plots then
+    agree on which variant is fastest (the mean is pulled up by a loaded box's outliers)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r.get("device"), r["variant"], accelerator(r)), []).append(r)
@@ -124,13 +117,13 @@ def scaling_series(rows: list[dict[str, Any]]) -> dict[str, tuple[list[int], lis
               if len({r["threads"] for r in v}) > 1}
     several = len({k[0] for k in groups}) > 1
     return {(f"{dev}: " if several else "") + variant + ("" if acc == "cpu" else f"/{acc}"):
-            ([r["threads"] for r in rs], [_throughput(r) for r in rs])
+            ([r["threads"] for r in rs], [float(r["latency_ms"]["p50"]) for r in rs])
             for (dev, variant, acc), rs in groups.items()}
 
 
 def thread_scaling_plot(rows: list[dict[str, Any]], path: Path) -> bool:
-    """Throughput (1000 / mean latency, the table's fps) against thread count, one line
-    per device/variant.
+    """Invoke latency p50 against thread count, and the speed-up it gives, one line per
+    device/variant.
 
     Returns:
         False when matplotlib is missing or no variant was measured at two thread counts.
@@ -140,17 +133,18 @@ def thread_scaling_plot(rows: list[dict[str, Any]], path: Path) -> bool:
     if plt is None or not series:
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.6))
-    for label, (t, fps) in series.items():
-        ax1.plot(t, fps, marker="o", label=label)
-        ax2.plot(t, [f / fps[0] for f in fps], marker="o", label=label)
+    for label, (t, p50) in series.items():
+        ax1.plot(t, p50, marker="o", label=label)
+        ax2.plot(t, [p50[0] / v if v > 0 else 0.0 for v in p50], marker="o", label=label)
     lo = min(t[0] for t, _ in series.values())
     top = max(t[-1] for t, _ in series.values())
     ax2.plot([lo, top], [1, top / lo], color="grey", linestyle=":", label="linear")
     ax1.set_xlabel("threads")
-    ax1.set_ylabel("inferences / s (fps = 1000 / mean latency)")
-    ax1.set_title("Throughput vs threads")
+    ax1.set_ylabel("invoke latency p50 (ms; lower is faster)")
+    ax1.set_title("Latency p50 vs threads")
+    ax1.set_ylim(bottom=0)
     ax2.set_xlabel("threads")
-    ax2.set_ylabel("speed-up vs fewest threads")
+    ax2.set_ylabel("speed-up vs fewest threads (p50)")
     ax2.set_title("Thread scaling")
     if emulated_note(rows):
         fig.suptitle(emulated_note(rows).strip(), color="darkred")

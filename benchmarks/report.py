@@ -203,8 +203,9 @@ def to_markdown(results: dict[str, Any], plots: dict[str, bool] | None = None) -
     lines += ["", "## Results", "",
               "Latency is `invoke()` alone; *pipeline p50* adds resize, quantization and "
               "dequantization of a full-size image; fps = 1000 / mean latency (back-to-back "
-              "invokes; the thread-scaling plot uses the same). ★ = on the Pareto "
-              "front (no other row of the same device is both faster and more accurate).", ""]
+              "invokes); both plots compare variants by p50 latency. ★ = on the Pareto front "
+              "(no other row of the same device is both faster, by p50, and more accurate).",
+              ""]
     lines += _table(results["rows"], merged)
     lines += _e2e_table(results["rows"], merged)
     if results.get("warnings"):

@@ -211,7 +211,7 @@ def _choose_augmentation(run: _Run) -> None:
     else:
         print(f"augmentation: {run.cfg.augment_policy} ({describe(run.cfg.augment)})")
     write_preview(run.cfg, run.data.root, run.data.split.train,
-                  run.out / "augment_preview.png")
+                  run.out / "augment_preview.png", classes=run.data.classes)
 
 
 def _start(cfg: TrainConfig, out: Path, resume: bool) -> _Run:

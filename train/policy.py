@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.fileio import atomic_path, write_json
+from edge_runtime.fileio import write_json
 
 from .augment import Augment
 
@@ -297,36 +297,26 @@ def _fit_on_images(pilot: _Pilot, model, aug: Augment | None) -> dict:
     return hist | {"val_accuracy": [acc], "val_loss": [loss]}
 
 
-def write_preview(cfg, root: Path, items, path: Path, n: int = 24) -> Path:
-    """A grid of training images after augmentation, as the model sees them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def write_preview(cfg, root: Path, items, path: Path, n: int = 24,
+                  classes: list[str] | None = None) -> Path:
+    """A grid of training images after augmentation, as the model sees them, each with its
+    class (``classes`` by index; else the image's folder)."""
     from .augment import build_augmenter
     from .data import load_arrays
+    from .report import plot_preview
 
     step = max(1, len(items) // n)
-    x, _, _ = load_arrays(root, list(items)[::step][:n], (cfg.img_size, cfg.img_size),
-                          cfg.resize, cfg.interpolation)
+    picked = list(items)[::step][:n]
+    x, y, _ = load_arrays(root, picked, (cfg.img_size, cfg.img_size), cfg.resize,
+                          cfg.interpolation)
     augmenter = build_augmenter(cfg.augment, cfg.seed) if cfg.augment else None
     shown = x.astype(np.float32)
     if augmenter is not None:
         shown = np.asarray(augmenter(shown, training=True))
-    cols = 6
-    rows = max(1, -(-len(shown) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.6 + 0.4))
-    for ax in np.ravel(axes):
-        ax.axis("off")
-    for ax, img in zip(np.ravel(axes), shown):
-        ax.imshow(np.clip(img, 0, 255).astype(np.uint8))
-    what = describe(cfg.augment)
-    fig.suptitle(f"training images as the model sees them: {what}", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+    folder = {ci: Path(rel).parent.name for rel, ci in picked}
+    names = [classes[i] if classes else folder[i] for i in y.tolist()]
+    plot_preview(shown, names, f"Training images as the model sees them "
+                 f"({len(shown)} of {len(items)}): {describe(cfg.augment)}", path)
     return path
 
 
