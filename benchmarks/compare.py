@@ -12,7 +12,6 @@ different set of) classes differently. Only the numpy/OpenCV runtime is needed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgekitError
+from edge_runtime.fileio import file_sha256
 from edge_runtime.preprocess import IMAGE_SUFFIXES
 
 SIDECAR_KEYS = ("device", "model_sha256")  # what makes a JSON beside an image a sidecar
@@ -81,7 +81,7 @@ def _load_model(path: str | Path, role: str) -> tuple[Any, dict[str, Any]]:
     if not any(labels):
         raise EdgekitError(f"{role} model has no labels (no manifest beside or inside it): "
                            f"{p}")
-    sha = hashlib.sha256(p.read_bytes()).hexdigest()
+    sha = file_sha256(p)
     return clf, {"model": str(p), "sha256": sha, "labels": labels}
 
 

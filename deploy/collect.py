@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_runtime.errors import EdgekitError
+from edge_runtime.fileio import file_sha256
 
 from .core import Target, ansible, describe_unreachable
 
@@ -79,14 +80,6 @@ def _safe_stem(stem: object) -> bool:
     """A relative name without '..', empty or hidden parts (kept frames' names are)."""
     return (isinstance(stem, str) and not stem.startswith("/") and "\\" not in stem
             and all(p and not p.startswith(".") for p in stem.split("/")))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _size(path: Path) -> int:
@@ -191,7 +184,7 @@ class _Plan:
         for stem, jsize, ssize in self.listed.values():
             jpg, side = self.home / f"{stem}.jpg", self.home / f"{stem}.json"
             if (_size(jpg), _size(side)) == (jsize, ssize):
-                out.append([stem, _sha256(jpg), _sha256(side)])
+                out.append([stem, file_sha256(jpg), file_sha256(side)])
         return out
 
 
@@ -201,7 +194,7 @@ def _write_verified(dest: Path, data: bytes, want: str) -> str:
     if hashlib.sha256(data).hexdigest() != want:
         return "arrived damaged (sha256 differs from the device's); fetched again next run"
     if dest.exists():
-        return "" if _sha256(dest) == want else "differs from the copy already at home; kept it"
+        return "" if file_sha256(dest) == want else "differs from the copy already at home; kept it"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:6]}.part")
     with open(tmp, "wb") as f:
