@@ -40,6 +40,9 @@ TOLERANCE = 1e-5  # rebuilt vs trained outputs (probabilities); float32 reorderi
 # together (Sony's AI Camera documentation); the converter's own check is the authority,
 # this is a quick refusal before minutes of quantization for a network far too large.
 SENSOR_MEMORY_BYTES = 8 * 1024 * 1024
+# the worker's timings (result.json), each stage's wall seconds in the report row
+STAGES = ("import_seconds", "rebuild_seconds", "quantize_seconds", "export_seconds",
+          "score_seconds", "imxconv_seconds", "worker_seconds", "worker_cpu_seconds")
 _BASE_NAME = re.compile(r"^mobilenetv2_(\d+(?:\.\d+)?)_(\d+)$")
 
 FIXES = {
@@ -253,6 +256,7 @@ def imx500_stage(src: Any, ref: Any, rep: Any, work: Path, provenance: dict,
         write_job(job, ref.model, arch, calibration_array(rep), ref.images,
                   ref.probs if ref.probs is not None else np.zeros((0, arch["classes"])),
                   timeout, val)
+        prepare_s = time.time() - t0
         result = run_worker(py, job, timeout)
         q_path = job / "q_probs.npy"
         q_probs = np.load(q_path) if q_path.is_file() else None
@@ -266,7 +270,9 @@ def imx500_stage(src: Any, ref: Any, rep: Any, work: Path, provenance: dict,
                  "convert_seconds": round(seconds, 2), "size_bytes": packer.stat().st_size,
                  **{k: result[k] for k in ("rebuild_max_abs_diff", "rebuild_seconds",
                                            "quantize_seconds", "imxconv_seconds",
-                                           "calibration_images", "memory")}}
+                                           "calibration_images", "memory")},
+                 "stage_seconds": {"prepare": round(prepare_s, 2),
+                                   **{k[:-8]: result[k] for k in STAGES if k in result}}}
     if q_probs is not None and ref.probs is not None and len(ref.labels):
         row.update(score(q_probs, ref.labels, ref.probs, src.manifest.labels))
     print(f"imx500: converted in {seconds:.1f} s ({row['size_bytes'] / 1024:.0f} KB "

@@ -182,3 +182,97 @@ def test_deploy_bundles_the_package_and_points_the_profile_at_network_rpk(tmp_pa
     with pytest.raises(EdgekitError, match="not a TFLite model"):
         make_bundle(tmp_path / "b2", tmp_path / "text.zip",
                     ROOT / "device_configs" / "raspberry-pi-ai-camera.yaml", wheel)
+
+
+def _converter(tmp_path: Path, script: str):
+    """A stand-in for imxconv-tf started as the worker starts it (own session, log file)."""
+    import subprocess
+
+    out = tmp_path / "imxconv"
+    out.mkdir()
+    with open(tmp_path / "imxconv.log", "wb") as log:
+        proc = subprocess.Popen(["sh", "-c", script], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc, out
+
+
+def _gone(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:  # a zombie nobody reaps is gone too
+        return stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_a_converter_over_its_time_is_ended_with_its_java_children(tmp_path):
+    import time
+
+    from convert import imx500_worker as worker
+    from tests.conftest import wait_for
+
+    pid_file = tmp_path / "child.pid"
+    proc, out = _converter(tmp_path, f"sleep 60 & echo $! > {pid_file}; wait")
+    wait_for(pid_file.is_file)
+    with pytest.raises(worker.JobError, match=r"^imxconv-tf ran over 1 s$"):
+        worker.finish_converter(proc, time.time(), out, 1.0)
+    assert proc.returncode is not None
+    assert wait_for(lambda: _gone(int(pid_file.read_text())), timeout=10)
+
+
+def test_converter_failures_are_one_line_of_the_right_kind(tmp_path):
+    import time
+
+    from convert import imx500_worker as worker
+
+    (tmp_path / "a").mkdir()
+    proc, out = _converter(tmp_path / "a",
+                           "echo 'INFO : start'; echo 'ERROR : layer x not supported'; exit 3")
+    with pytest.raises(worker.JobError, match=r"^imxconv-tf exit 3: ERROR : layer x not "
+                       r"supported$") as e:
+        worker.finish_converter(proc, time.time(), out, 30)
+    assert e.value.kind == "converter"
+    (tmp_path / "b").mkdir()
+    proc, out = _converter(tmp_path / "b", "exit 0")
+    proc.wait()
+    (out / "m_MemoryReport.json").write_text(json.dumps({"Memory Report": {
+        "Memory Usage": "9.10MB", "Total Memory Available On Chip": "8.00MB",
+        "Fit In Chip": False}}))
+    with pytest.raises(worker.JobError, match=r"needs 9.10MB of the IMX500's 8.00MB") as e:
+        worker.finish_converter(proc, time.time(), out, 30)
+    assert e.value.kind == "memory"
+
+
+_SAME_QUANTIZATION = """
+import sys
+import numpy as np
+import tensorflow as tf
+sys.path.insert(0, sys.argv[1])
+import imx500_worker as w
+import model_compression_toolkit as mct
+from model_compression_toolkit.core.common.collectors import statistics_collector as sc
+tf.keras.utils.set_random_seed(0)
+m = w.build_model(tf, {"img_size": 32, "alpha": 0.35, "dropout": 0.2, "classes": 3})
+w.set_scaling(m)
+x = np.random.default_rng(0).uniform(0, 255, (24, 32, 32, 3)).astype(np.float32)
+original = sc.StatsCollector.update_statistics
+fast = w.quantize(mct, m, x, 8).predict(x, verbose=0)
+assert sc.StatsCollector.update_statistics is original, "patch left in place"
+tpc = mct.get_target_platform_capabilities("tensorflow", "imx500", target_platform_version="v1")
+full, _ = mct.ptq.keras_post_training_quantization(
+    m, lambda: ([x[i:i + 8]] for i in range(0, len(x), 8)), target_platform_capabilities=tpc)
+print("MAXDIFF", float(np.abs(full.predict(x, verbose=0) - fast).max()))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ENV / ".key").is_file(), reason="no .venv-imx500: make imx500-env")
+def test_skipping_mct_s_unused_histogram_quantizes_the_same(tmp_path):
+    import subprocess
+
+    script = tmp_path / "same.py"
+    script.write_text(_SAME_QUANTIZATION)
+    r = subprocess.run([str(ENV / "bin" / "python"), str(script), str(ROOT / "convert")],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "MAXDIFF 0.0" in r.stdout.splitlines(), r.stdout[-500:]
