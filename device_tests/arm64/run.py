@@ -263,6 +263,36 @@ def verify_unit(rootfs: Path, work: Path) -> str:
                                          else "FAILED: " + "; ".join(problems))
 
 
+def _summarize(rootfs: Path, work: Path, reference: dict, output: str, returncode: int,
+               times: dict[str, float], t0: float) -> int:
+    """Prints the x86-vs-aarch64 table, the daemon and linear-resize rows, the timings and
+    the verdict; returns the exit status."""
+    unit = verify_unit(rootfs, work)
+    report = table(reference["coral"], work)
+    (work / "report.md").write_text(report + "\n")
+    print("\nx86 vs aarch64, Coral reference models x photos (top-1 index and score):")
+    print(report)
+    for name, fmt in (("daemon", "daemon: {frames} results over HTTP-served video, scores vs "
+                       "x86 on the same frames within {diff:.0f} steps"),
+                      ("linear", "linear resize of {photo}: {values_differing} of {of} input "
+                       "values differ from x86 (max {max_diff})")):
+        path = work / f"arm64_{name}.jsonl"
+        for row in map(json.loads, path.read_text().splitlines() if path.exists() else []):
+            print(fmt.format(**row, diff=row.get("max_diff", 0) / row.get("step", 1)))
+    machine = next((ln.split(":", 1)[1].strip() for ln in output.splitlines()
+                    if ln.startswith("uname -m:")), "?")
+    tail = next((ln.strip() for ln in reversed(output.splitlines())
+                 if " in " in ln and ("passed" in ln or "failed" in ln or "error" in ln)),
+                "no pytest summary")
+    print()
+    log(f"uname -m inside: {machine}; systemd unit {unit}")
+    log("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items())
+        + f"; total {time.monotonic() - t0:.0f}s")
+    ok = returncode == 0 and machine == "aarch64" and "FAILED" not in unit
+    log(("PASSED: " if ok else "FAILED: ") + tail.strip("= "))
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python device_tests/arm64/run.py",
                                 description=__doc__.split("\n")[0], allow_abbrev=False)
@@ -336,30 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     output = "".join(lines)
     t = lap("arm64 install + tests", t)
 
-    unit = verify_unit(rootfs, work)
-    report = table(reference["coral"], work)
-    (work / "report.md").write_text(report + "\n")
-    print("\nx86 vs aarch64, Coral reference models x photos (top-1 index and score):")
-    print(report)
-    for name, fmt in (("daemon", "daemon: {frames} results over HTTP-served video, scores vs "
-                       "x86 on the same frames within {diff:.0f} steps"),
-                      ("linear", "linear resize of {photo}: {values_differing} of {of} input "
-                       "values differ from x86 (max {max_diff})")):
-        path = work / f"arm64_{name}.jsonl"
-        for row in map(json.loads, path.read_text().splitlines() if path.exists() else []):
-            print(fmt.format(**row, diff=row.get("max_diff", 0) / row.get("step", 1)))
-    machine = next((ln.split(":", 1)[1].strip() for ln in output.splitlines()
-                    if ln.startswith("uname -m:")), "?")
-    tail = next((ln.strip() for ln in reversed(output.splitlines())
-                 if " in " in ln and ("passed" in ln or "failed" in ln or "error" in ln)),
-                "no pytest summary")
-    print()
-    log(f"uname -m inside: {machine}; systemd unit {unit}")
-    log("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in times.items())
-        + f"; total {time.monotonic() - t0:.0f}s")
-    ok = inside.returncode == 0 and machine == "aarch64" and "FAILED" not in unit
-    log(("PASSED: " if ok else "FAILED: ") + tail.strip("= "))
-    return 0 if ok else 1
+    return _summarize(rootfs, work, reference, output, inside.returncode, times, t0)
 
 
 if __name__ == "__main__":
