@@ -25,7 +25,13 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, warn
 from .data import Split, load_arrays
 from .field import evaluate_field, field_record, summary
-from .model import find_base, make_learning_rate, make_loss, unfreeze_top
+from .model import (
+    check_imagenet_weights,
+    find_base,
+    make_learning_rate,
+    make_loss,
+    unfreeze_top,
+)
 from .prepare import class_weights, prepare
 from .report import evaluate_predictions, plot_confusion, plot_history
 
@@ -104,6 +110,8 @@ def fine_tune(cfg: TrainConfig, resume: bool = False) -> Path:
             raise EdgekitError(f"data folder not found: {cfg.data}")
         if cfg.weights.lower() not in ("none", "imagenet") and not Path(cfg.weights).is_file():
             raise EdgekitError(f"weights file not found: {cfg.weights}")
+        if cfg.weights == "imagenet":  # offline: say so now, not after the data scan
+            check_imagenet_weights(cfg.alpha, cfg.img_size)
     out, created = prepare_out(Path(cfg.out), cfg.force, resume)
     try:
         return train_into(cfg, out, resume)

@@ -3,6 +3,7 @@ what compiles and fine-tunes it: loss, learning-rate schedule, the base inside a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,38 @@ if TYPE_CHECKING:  # train.config imports this module's ALPHAS
 
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
+WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+
+
+def imagenet_weights_name(alpha: float, img_size: int) -> str:
+    """The no-top file Keras downloads for MobileNetV2 (224 px ones for other sizes)."""
+    rows = img_size if img_size in IMAGENET_SIZES else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
+
+
+def check_imagenet_weights(alpha: float, img_size: int, timeout: float = 10.0) -> None:
+    """Before the data scan: the ImageNet weights are in Keras' cache or their URL answers.
+
+    Raises:
+        EdgekitError: neither, with the reason (no DNS, refused, HTTP status) and the fix.
+    """
+    import urllib.error
+    import urllib.request
+
+    name = imagenet_weights_name(alpha, img_size)
+    homes = [Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras"), Path("/tmp/.keras")]
+    if any((h / "models" / name).is_file() for h in homes):
+        return
+    try:
+        with urllib.request.urlopen(urllib.request.Request(WEIGHTS_URL + name, method="HEAD"),
+                                    timeout=timeout):
+            return
+    except urllib.error.HTTPError as e:
+        reason = f"HTTP {e.code} {e.reason}"
+    except (urllib.error.URLError, OSError) as e:
+        reason = str(getattr(e, "reason", None) or e)
+    raise EdgekitError(f"cannot download the ImageNet weights {name} ({reason}); offline, pass "
+                       "--weights PATH to that no-top .h5 file, or --weights none")
 
 
 def build_model(num_classes: int, alpha: float = 1.0, img_size: int = 224,
@@ -52,8 +85,9 @@ def build_model(num_classes: int, alpha: float = 1.0, img_size: int = 224,
         raise EdgekitError(f"cannot build MobileNetV2: {e}") from None
     except Exception as e:  # noqa: BLE001 - download or HDF5 errors come in many types
         if weights == "imagenet":
+            reason = str(e).rpartition(" -- ")[2] or type(e).__name__  # Keras: "URL ... -- why"
             raise EdgekitError(
-                f"could not download the ImageNet weights ({type(e).__name__}); on an offline "
+                f"could not download the ImageNet weights ({reason[:120]}); on an offline "
                 "machine pass --weights PATH to the local no-top .h5 file, or --weights none"
             ) from None
         raise EdgekitError(f"cannot load weights {weights}: {e}") from None

@@ -21,7 +21,13 @@ from edge_runtime.fileio import write_json
 from .config import TrainConfig, warn
 from .core import cleanup, datasets, prepare_out, train_into, training_context
 from .data import load_arrays
-from .model import build_and_compile, find_base, make_loss, unfreeze_top
+from .model import (
+    build_and_compile,
+    check_imagenet_weights,
+    find_base,
+    make_loss,
+    unfreeze_top,
+)
 from .prepare import class_weights, prepare
 
 TUNED_ALPHAS = (0.35, 0.5, 0.75, 1.0)
@@ -56,6 +62,8 @@ def tune_then_train(cfg: TrainConfig, max_trials: int = 10, tune_epochs: int = 5
                            "'keras-tuner[bayesian]>=1.4' (part of the train extra)") from None
     if not Path(cfg.data).exists():
         raise EdgekitError(f"data folder not found: {cfg.data}")
+    if cfg.weights == "imagenet":  # offline: say so now, not after the data scan
+        check_imagenet_weights(cfg.alpha, cfg.img_size)
     out, created = prepare_out(Path(cfg.out), cfg.force, False)
     try:
         return _search_and_train(kt, replace(cfg, out=str(out)), out, max_trials, tune_epochs)
