@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.classify import Classifier
+from edge_runtime.runs import load_arrays
 
 
 def run_model(path: Path, images: np.ndarray) -> np.ndarray:
@@ -35,6 +36,46 @@ def score(probs: np.ndarray, labels: np.ndarray, reference: np.ndarray,
     out["mean_prob_error"] = float(err.mean())
     out["max_prob_error"] = float(err.max())
     return out
+
+
+def field_test(models: dict[str, Path], predict, manifest, root: Path | None,
+               classes: list[str]) -> dict | None:
+    """Top-1 of the source model and of each model on the run's field test split (the
+    held-out frames from deployed cameras that ``train`` records when the dataset has
+    field images); None without one.
+
+    Args:
+        models: variant name -> ``.tflite`` path.
+        predict: the source model, ``images -> probabilities``.
+        manifest: the run's manifest (``data.field_test``: ``[[path, class], ...]``).
+        root: the folder those paths start from.
+        classes: the labels, in index order.
+    """
+    data = manifest.extra.get("data") or {}
+    items = [(str(rel), int(ci)) for rel, ci in data.get("field_test") or []]
+    if not items or root is None:
+        return None
+    x, y, skipped = load_arrays(root, items, tuple(manifest.input_size), manifest.resize,
+                                manifest.interpolation)
+    if not len(y):
+        return None
+    ref = predict(x)
+    rows = {name: score(run_model(path, x), y, ref, classes) for name, path in models.items()}
+    return {"images": int(len(y)), "groups": len(data.get("field_test_groups") or []),
+            "skipped": skipped, "keras": {"top1": score(ref, y, ref, classes)["top1"]},
+            "variants": {name: {k: r[k] for k in ("top1", "agreement", "per_class")}
+                         for name, r in rows.items()}}
+
+
+def _field_line(report: dict) -> str | None:
+    """One line: top-1 of each model on the field test split, with its size."""
+    f = report.get("field_test")
+    if not f:
+        return None
+    tops = ", ".join(f"{name} {r['top1']:.4f}" for name, r in
+                     {"keras": f["keras"], **f["variants"]}.items())
+    return (f"field test split ({f['images']} held-out field images, {f['groups']} "
+            f"device/time groups): top-1 {tops}")
 
 
 def add_deltas(variants: dict[str, dict], base: str = "float32") -> None:
@@ -73,6 +114,9 @@ def format_table(report: dict) -> str:
         drop = f"{r['top1_drop_points']:.2f}" if "top1_drop_points" in r else "-"
         lines.append(f"{name:<10} {r['top1']:>7.4f} {r['agreement']:>7.4f} {drop:>8} "
                      f"{r['max_prob_error']:>8.4f} {r['size_bytes'] / 1024:>9.1f}")
+    field = _field_line(report)
+    if field:  # the table above is the original test split; say so beside the field one
+        lines += [f"(top1 above: original test split, {report['test_images']} images)", field]
     return "\n".join(lines)
 
 
@@ -96,6 +140,15 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {name} | {r['top1']:.4f} | {top5} | {r['agreement']:.4f} | {drop} | "
                      f"{r['mean_prob_error']:.4f} / {r['max_prob_error']:.4f} | "
                      f"{r['size_bytes'] / 1024:.0f} |")
+    field = report.get("field_test")
+    if field:
+        lines += ["", f"Field test split: {field['images']} held-out field images "
+                  f"({field['groups']} device/time groups; the table above is the original "
+                  f"test split, {report['test_images']} images).", "",
+                  "| model | top-1 on the field test split | agreement with Keras |",
+                  "|---|---:|---:|", f"| keras | {field['keras']['top1']:.4f} | - |"]
+        lines += [f"| {n} | {r['top1']:.4f} | {r['agreement']:.4f} |"
+                  for n, r in field["variants"].items()]
     deltas = {n: r["per_class_delta_points"] for n, r in report["variants"].items()
               if r.get("per_class_delta_points")}
     if deltas:

@@ -441,8 +441,9 @@ def export_source(src: Source, options: ExportOptions) -> ExportResult:
                   "tensorflow": _tf_version(),
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     with signals_interrupt(), work_dir(export_dir, ".savedmodel-") as work:
-        saved = saved_model_for(ref.model, tuple(src.manifest.input_size),
-                                work / "saved_model", ref.loaded)
+        saved = work / "saved_model"  # imx500 alone needs none: its worker rebuilds the model
+        if set(variants) - {"imx500"}:
+            saved_model_for(ref.model, tuple(src.manifest.input_size), saved, ref.loaded)
         rep, n = calibration(src, options) if {"int8", "imx500"} & set(variants) else (None, 0)
         models, rows = write_variants(src, saved, variants, options, provenance, rep, n)
         for name, count in add_selftests(models, selftest_images(src), work).items():
@@ -459,6 +460,11 @@ def export_source(src: Source, options: ExportOptions) -> ExportResult:
             for name, scores in evaluate(models, ref, classes).items():
                 rows[name].update(scores)
             report["keras"] = _keras_row(src, ref, classes)
+            from .evaluate import field_test
+
+            field = field_test(models, ref.predict, src.manifest, src.data_root, classes)
+            if field:  # the dataset had field images: their held-out split too
+                report["field_test"] = field
             failed, layers = accuracy_promise(rows, options.max_drop, saved, rep)
             if layers is not None:
                 report["quantization_debugger"] = layers
