@@ -29,39 +29,34 @@ times it: with ``alpha`` = 0.001 per component and check, that keeps a looping
 in-distribution video from alerting over hours (multiple testing over time), while a
 shifted stream alerts ``PERSIST - 1`` checks after the statistic first crosses the line.
 
-A third component, ``input``, sees what the outputs cannot: a model that is *confidently
-wrong* on other light or backgrounds (:mod:`edge_runtime.drift_input`). Each frame's model
-input gives three statistics (luminance, saturation, edges); each is tested like
-``confidence`` (KS against the baseline's quantiles of the training and validation images,
-the same critical-value scaling) and ``input`` is the largest of the three. Only ``n_eff``
-is counted differently. These statistics follow the scene (background, light), which
-changes far slower than the frames, while per-frame camera jitter makes one scene's series
-cross its own median at almost every frame: counted from frame crossings, one background
-looked like 150 independent draws and the looping sample video alerted at frame 80. So the
-window (the statistics of every ``INPUT_EVERY``-th frame: scenes last far longer) is cut
-into blocks of about ``INPUT_BLOCK`` frames (1 s at 15 fps), whose means average the
-jitter out, and ``n_eff`` is one plus the number of blocks whose mean moved from the
-previous one by more than ``INPUT_SIGMAS`` standard errors (the samples' spread within a
-block, the window's median, over sqrt(samples per block / 2)), and by at least
-``INPUT_FLOOR`` of the baseline's 10-90 % spread: a new scene (consecutive moves count
-once: a change inside a block moves it away from both neighbours). Jitter alone crosses
-that line about once in 400 block pairs, a static scene counts once, and a window is at
-most ``window / INPUT_BLOCK`` observations. The line scales with the stream itself, so
-scenes in dim light (whose statistics differ less than the baseline's) still count.
-Rejected on the way, both measured on these videos: the Markov estimate of ``confidence``
-(it counts block-constant scenes half: a field video wholly outside the baseline went
-unflagged for 390 frames), and a fixed share of the baseline's spread (it saw one scene in
-a dimmed stream). Objects
-passing over one background count as new looks when they move a statistic beyond the
-noise: on synthetic streams of five backgrounds per 300 frames the input reached 0.90
-with one object per background and 0.80 with four (3000 frames each, 4 seeds; tests), on
-the looping sample videos 0.43-0.50.
-
-The three input statistics share the component's ``alpha`` (Bonferroni: ``alpha / 3``
-each, ``c`` = 2.09 instead of 1.95), so per check each component (confidence, classes,
-input) keeps a false-alarm rate of at most ``alpha``, at most ``3 alpha`` for the value.
-A baseline without input statistics (an older convert) leaves ``input`` None and the
-monitor works on the two output components as before.
+A third component, ``input``, sees what the outputs cannot: a model *confidently wrong* on
+other light or backgrounds (:mod:`edge_runtime.drift_input`). The model input of every
+``INPUT_EVERY``-th frame gives three statistics (luminance, saturation, edges), each tested
+like ``confidence`` against the quantiles of the training and validation images; ``input``
+is the largest. Only ``n_eff`` is counted differently: these statistics follow the scene
+(background, light), while per-frame camera jitter makes one scene cross its own median at
+almost every frame (counted so, one background looked like 150 draws and the looping
+sample video alerted at frame 80). So the window is cut into blocks of about
+``INPUT_BLOCK`` frames (1 s at 15 fps), whose means average the jitter out, and ``n_eff``
+is one plus the number of blocks whose mean moved from the previous one by more than
+``INPUT_SIGMAS`` standard errors (the samples' spread within a block, the window's median)
+and by at least ``INPUT_FLOOR`` of the baseline's 10-90 % spread: a new scene
+(consecutive moves count once: a change inside a block moves it from both neighbours).
+Jitter alone crosses that line about once in 400 block pairs, a static scene counts once,
+a window is at most ``window / INPUT_BLOCK`` observations, and the line scales with the
+stream, so scenes in dim light still count. With so few observations KS's asymptotic line
+is needlessly strict: the input uses Stephens' small-sample form ``c / (sqrt(n) + 0.12 +
+0.11 / sqrt(n))``, ``n = 1 / (1 / n_eff + 1 / n_base)``. Rejected on the way, measured on
+these videos: the Markov estimate (it counts block-constant scenes half: a field video
+wholly outside the baseline went unflagged for 390 frames) and a fixed share of the
+baseline's spread (one scene in a dimmed stream). Objects passing over one background
+count when they move a statistic beyond the noise: on synthetic streams of five
+backgrounds per 300 frames the input reached 0.90 with one object each and 0.80 with four
+(3000 frames, 4 seeds), on the looping sample videos 0.43-0.50. The three statistics share
+the component's ``alpha`` (Bonferroni: ``alpha / 3`` each, ``c`` = 2.09 instead of 1.95):
+per check each component (confidence, classes, input) keeps a false-alarm rate of at most
+``alpha``, the value at most ``3 alpha``. A baseline without input statistics (an older
+convert) leaves ``input`` None: the two output components work as before.
 
 ``update`` is O(1) on the inference thread: a write into the ring buffers under a lock,
 plus, on every ``INPUT_EVERY``-th frame when given its model input and the baseline has
