@@ -42,7 +42,7 @@ TOLERANCE = 1e-5  # rebuilt vs trained outputs (probabilities); float32 reorderi
 SENSOR_MEMORY_BYTES = 8 * 1024 * 1024
 # the worker's timings (result.json), each stage's wall seconds in the report row
 STAGES = ("import_seconds", "rebuild_seconds", "quantize_seconds", "export_seconds",
-          "score_seconds", "imxconv_seconds", "worker_seconds", "worker_cpu_seconds")
+          "score_seconds", "imxconv_seconds", "worker_seconds")
 _BASE_NAME = re.compile(r"^mobilenetv2_(\d+(?:\.\d+)?)_(\d+)$")
 
 FIXES = {
@@ -272,7 +272,8 @@ def imx500_stage(src: Any, ref: Any, rep: Any, work: Path, provenance: dict,
                                            "quantize_seconds", "imxconv_seconds",
                                            "calibration_images", "memory")},
                  "stage_seconds": {"prepare": round(prepare_s, 2),
-                                   **{k[:-8]: result[k] for k in STAGES if k in result}}}
+                                   **{k[:-8]: result[k] for k in STAGES if k in result}},
+                 "stage_cpu_seconds": result.get("cpu_seconds", {})}
     if q_probs is not None and ref.probs is not None and len(ref.labels):
         row.update(score(q_probs, ref.labels, ref.probs, src.manifest.labels))
     print(f"imx500: converted in {seconds:.1f} s ({row['size_bytes'] / 1024:.0f} KB "

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -234,39 +235,51 @@ def score(np, q_model, job_dir: Path, test) -> None:
         np.save(job_dir / "q_val_probs.npy", probs[len(test):])
 
 
+def _clock() -> tuple[float, float]:
+    """(wall, this process's CPU) seconds."""
+    return time.time(), time.process_time()
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the finished children: imxconv-tf with its Java and Python ones."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(job_dir: Path) -> dict:
     """The whole job; returns the result fields (see the module docstring)."""
-    t0, c0 = time.time(), time.process_time()
+    marks = [_clock()]  # (wall, CPU) at the end of each stage, for the report
     import model_compression_toolkit as mct
     import numpy as np
     import tensorflow as tf
 
     spec = json.loads((job_dir / "job.json").read_text())
-    t1 = time.time()
+    marks.append(_clock())
     model, used, test, diff = rebuild(tf, np, job_dir, spec)
-    t2 = time.time()
+    marks.append(_clock())
     calib = np.load(job_dir / "calib.npy").astype(np.float32)
     q_model = quantize(mct, model, calib, int(spec.get("batch", 16)))
-    t3 = time.time()
+    marks.append(_clock())
     q_path = job_dir / "model_imx500.keras"
     mct.exporter.keras_export_model(model=q_model, save_model_path=str(q_path))
     # the converter (Java, mostly one thread) runs while this process scores on the other core
     proc, started = start_converter(q_path, job_dir / "imxconv")
     try:
-        t4 = time.time()
+        marks.append(_clock())
         score(np, q_model, job_dir, test)
-        t5 = time.time()
+        marks.append(_clock())
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
     convert_s = finish_converter(proc, started, job_dir / "imxconv", float(spec["timeout"]))
-    timings = {"import_seconds": t1 - t0, "rebuild_seconds": t2 - t1,
-               "quantize_seconds": t3 - t2, "export_seconds": t4 - t3,
-               "score_seconds": t5 - t4, "imxconv_seconds": convert_s,
-               "worker_seconds": time.time() - t0,
-               "worker_cpu_seconds": time.process_time() - c0}
+    names = ("import", "rebuild", "quantize", "export", "score")
+    wall = {f"{n}_seconds": b[0] - a[0] for n, a, b in zip(names, marks, marks[1:])}
+    cpu = {n: b[1] - a[1] for n, a, b in zip(names, marks, marks[1:])}
+    cpu["imxconv"] = _children_cpu()
     return {"ok": True, "weights_arrays": used, "rebuild_max_abs_diff": diff,
-            **{k: round(v, 2) for k, v in timings.items()},
+            **{k: round(v, 2) for k, v in wall.items()}, "imxconv_seconds": round(convert_s, 2),
+            "worker_seconds": round(time.time() - marks[0][0], 2),
+            "cpu_seconds": {k: round(v, 2) for k, v in cpu.items()},
             "calibration_images": int(len(calib)),
             "versions": {"tensorflow": tf.__version__, "mct": mct.__version__},
             "packer": str(job_dir / "imxconv" / "packerOut.zip"),
