@@ -3,7 +3,9 @@
 Needs only numpy, OpenCV and a TFLite interpreter; never imports TensorFlow or Keras.
 
 The modules, by room (one flat folder: ``edge_runtime/NAME.py``; a test keeps this list
-whole, so a new module is added here):
+whole, so a new module is added here). Rooms, not sub-packages: 318 imports in 102 files
+outside this folder name ``edge_runtime.NAME``, each room would hold 3 to 14 modules, and
+this map finds a module as fast as a folder would, without moving one:
 
 The model and its checks
     backend         finds a TFLite interpreter (LiteRT first) and the Edge TPU delegate
