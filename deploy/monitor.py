@@ -364,7 +364,7 @@ def add_parser(sub: Any) -> None:
     import argparse
     import re
 
-    from .cli import _count, _port
+    from edge_runtime.errors import PORT, int_at_least
 
     def duration(text: str) -> str:
         if not re.fullmatch(r"[1-9][0-9]*(ms|s|m|h)", text):
@@ -382,11 +382,11 @@ def add_parser(sub: Any) -> None:
                    help="deployed model, for hosts without edgekit_model(_sha256)")
     m.add_argument("--token-file", type=Path, default=None, help="file holding the daemons' "
                    "http.token (default: $EDGEKIT_HTTP_TOKEN, then the profile's)")
-    m.add_argument("--metrics-port", type=_port, default=None,
+    m.add_argument("--metrics-port", type=PORT, default=None,
                    help="port for hosts without edgekit_metrics_port (default: the profile's)")
     m.add_argument("--scrape-interval", type=duration, default="15s", help="Prometheus' "
                    "scrape and rule evaluation interval")
-    m.add_argument("--stale-after", type=_count, default=60,
+    m.add_argument("--stale-after", type=int_at_least(1), default=60,
                    help="seconds without a classified frame before EdgekitNoFreshFrames")
     m.add_argument("--max-temp", type=float, default=80.0,
                    help="temperature (C) for EdgekitThermalThrottling")
