@@ -63,7 +63,7 @@ test-slow: setup ## the slow tests make test leaves out: each trains or converts
 	$(PY) -m pytest -q tests -m "slow and not field_demo" || [ $$? -eq 5 ]  # 5: none marked slow
 
 .PHONY: test-field-demo
-test-field-demo: setup $(DEPLOY_STAMP) ## the field loop's bounded form (field demo --ci) end to end with its goals, in CI (~5 min)
+test-field-demo: setup $(DEPLOY_STAMP) ## the field loop's bounded form (field demo --ci) end to end with its goals, in CI (~8 min)
 	@test -x /usr/sbin/sshd || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null); } || echo "openssh-server not installed: the field demo copies kept frames locally instead of collecting them"
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_field_demo.py -m field_demo $(ARGS)
 

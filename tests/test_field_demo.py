@@ -150,7 +150,7 @@ def _drift_goals_apply(run: Path) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.field_demo  # make test-field-demo, in CI (.ci/run): ~5 min on 2 cores
+@pytest.mark.field_demo  # make test-field-demo, in CI (.ci/run): ~8 min on 2 cores
 def test_field_demo_ci_end_to_end(tmp_path):
     """The CI form of `make field-demo`: every step runs as its CLI, and the goals hold
     (the drift goals once the baselines have input statistics)."""
