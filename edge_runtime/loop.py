@@ -274,7 +274,8 @@ class Daemon:
         result = self.smoother(scores)
         raw = result.raw
         if self.drift is not None and raw is not None:
-            # prepared: the model input (None when written straight into the tensor).
+            # prepared: the model input from the capture thread (None for the frames
+            # prepared for the old model just after a reload: they skip the input component).
             self.drift.update(raw.index, raw.score, prepared)
             self.metrics.drift = self.drift.snapshot()  # recomputed every few frames
         if self.keeper is not None:
