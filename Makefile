@@ -100,6 +100,10 @@ test-vm: setup $(VENV)/.deploy-stamp ## make deploy into a virtual Pi: arm64 Deb
 test-data: ## fetch Coral's reference models and photos (sha256-pinned) into data/coral for 16+ real-model tests
 	$(or $(wildcard $(PY)),$(PYTHON)) -m tests.fetch_data --dest data/coral
 
+.PHONY: real-data
+real-data: setup ## real photos (Debian's Tux Paint stamps on real backgrounds, pinned .debs) into data/real: [ARGS=...]
+	$(PY) -m train.realdata --out data/real $(ARGS)
+
 train: setup ## train: make train DATA=photos/ RUN=runs/NAME [ARGS="--epochs 20"]
 	$(call require,DATA,make train DATA=path/to/class_folders RUN=runs/NAME)
 	$(call require,RUN,make train DATA=path/to/class_folders RUN=runs/NAME)
