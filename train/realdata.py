@@ -458,9 +458,11 @@ def _parser() -> Parser:
     p.add_argument("--per-source", type=int_at_least(1), default=4,
                    help="composites per source photo")
     p.add_argument("--size", type=int_at_least(32), default=256, help="image side, pixels")
-    p.add_argument("--seed", type=int, default=0, help="split and composition seed")
-    p.add_argument("--val-fraction", type=float_in(0.01, 0.5), default=0.15)
-    p.add_argument("--test-fraction", type=float_in(0.01, 0.5), default=0.30)
+    p.add_argument("--seed", type=int, default=0, help="split and composition seed (same seed, same files)")
+    p.add_argument("--val-fraction", type=float_in(0.01, 0.5), default=0.15,
+                   help="share of each class's source photos in val")
+    p.add_argument("--test-fraction", type=float_in(0.01, 0.5), default=0.30,
+                   help="share of each class's source photos in the held-out test split")
     p.add_argument("--background", choices=("mate", "grey"), default="mate",
                    help="crops of mate-backgrounds' nature photos, or flat grey")
     p.add_argument("--stamps-deb", type=Path, metavar="PATH",
