@@ -106,16 +106,20 @@ def test_build_splits_by_source_with_class_folders_and_provenance(tmp_path, debs
                for f in on_disk)
 
 
-def test_grey_background_and_cli_summary(tmp_path, debs, capsys):
+def test_cli_grey_background_and_summary(tmp_path, debs, capsys, monkeypatch):
+    monkeypatch.setattr(realdata, "STAMPS", Pin(STAMPS.package, STAMPS.version, debs[0].sha256))
     out = tmp_path / "grey"
     status = realdata.main(["--out", str(out), "--classes", "bird,fruit", "--per-source", "1",
                             "--size", "48", "--background", "grey",
                             "--stamps-deb", str(debs[0].path)])
-    assert status != 0  # the fake .deb is not the pinned one
-    assert "sha256" in capsys.readouterr().err
-    build(out, stamps=debs[0], backgrounds=None, classes=["bird", "fruit"], per_source=1,
-          size=48)
-    rec = json.loads((out / "provenance.json").read_text())["images"][0]
+    assert status == 0
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        "train: 5 images from 4 source photos (bird 2, fruit 3)",  # fruit0 and its mirror
+        "val: 2 images from 2 source photos (bird 1, fruit 1)",
+        "test: 3 images from 3 source photos (bird 2, fruit 1)"]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert "backgrounds" not in prov["packages"]
+    rec = prov["images"][0]
     assert rec["background"] == "grey"
     corner = cv2.imread(str(out / rec["file"]))[0, 0].astype(int)
     assert np.abs(corner - 128 * rec["gain"]).max() <= 6

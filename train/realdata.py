@@ -334,7 +334,7 @@ def _write_images(stage: Path, splits: dict, stamps: dict[str, bytes],
     records, result = [], Result(stage)
     for split, by_class in splits.items():
         for cls, rels in sorted(by_class.items()):
-            result.sources.setdefault(split, {})[cls] = len(rels)
+            result.sources.setdefault(split, {})[cls] = len({source_group(r) for r in rels})
             result.counts.setdefault(split, {})[cls] = len(rels) * per_source
             for rel in rels:
                 data = stamps[STAMP_ROOT + rel]
@@ -458,7 +458,8 @@ def _parser() -> Parser:
     p.add_argument("--per-source", type=int_at_least(1), default=4,
                    help="composites per source photo")
     p.add_argument("--size", type=int_at_least(32), default=256, help="image side, pixels")
-    p.add_argument("--seed", type=int, default=0, help="split and composition seed (same seed, same files)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="split and composition seed (same seed, same files)")
     p.add_argument("--val-fraction", type=float_in(0.01, 0.5), default=0.15,
                    help="share of each class's source photos in val")
     p.add_argument("--test-fraction", type=float_in(0.01, 0.5), default=0.30,
