@@ -68,24 +68,40 @@ test-field-demo: setup $(DEPLOY_STAMP) ## the field loop's bounded form (field d
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_field_demo.py -m field_demo $(ARGS)
 
 # The IMX500 converter's own environment: Python 3.11, TF 2.15 / Keras 2, MCT (the converter
-# pins numpy < 2); never mixed into .venv. Keyed by the requirements file's hash, so it is
-# re-made only when that file changes (not when git touches its mtime).
+# pins numpy < 2); never mixed into .venv. Built once per key in a cache outside the clone,
+# so a clean clone (CI) finds it: $(IMX500_CACHE)/KEY/venv, KEY = the requirements file's hash
+# (not its mtime) + the Python version; .venv-imx500 is a symlink to it. The venv is made at
+# its cache path (its scripts name their own path), under flock (two clones at once make it
+# once), its .key written last (a half-made one is made again). Cache: /var/cache where
+# writable, else ~/.cache; keys unused for 30 days are removed (2.3 GB each).
 IMX500_PYTHON ?= python3.11
 IMX500_VENV   := .venv-imx500
 IMX500_REQ    := convert/imx500_requirements.txt
+IMX500_CACHE  ?=
 
 .PHONY: imx500-env test-imx500
-imx500-env: ## the IMX500 converter's pinned environment (.venv-imx500; Java 17 via apt-get when root)
+imx500-env: ## the IMX500 converter's pinned environment (cached, linked as .venv-imx500; Java 17 via apt-get when root)
 	@command -v java >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; } || echo "java not found: install Java 17 (apt-get install openjdk-17-jre-headless); imxconv-tf needs it"
-	@key=$$(sha256sum $(IMX500_REQ) | cut -c1-16); \
-	if [ "$$(cat $(IMX500_VENV)/.key 2>/dev/null)" = "$$key" ]; then echo "$(IMX500_VENV) up to date ($$key)"; exit 0; fi; \
+	@set -e; key=$$(sha256sum $(IMX500_REQ) | cut -c1-16); \
 	command -v $(IMX500_PYTHON) >/dev/null 2>&1 || { echo "$(IMX500_PYTHON) not found: the IMX500 converter needs Python 3.11 (apt-get install python3.11-venv, or IMX500_PYTHON=/path/to/python3.11)" >&2; exit 1; }; \
-	rm -rf $(IMX500_VENV) && $(IMX500_PYTHON) -m venv $(IMX500_VENV) && \
-	$(IMX500_VENV)/bin/python -m pip install --disable-pip-version-check -q -r $(IMX500_REQ) && \
-	echo "$$key" > $(IMX500_VENV)/.key && echo "made $(IMX500_VENV) ($$key)"
+	pyv=$$($(IMX500_PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	cache="$(IMX500_CACHE)"; [ -n "$$cache" ] || { cache=/var/cache/edgekit-imx500; mkdir -p $$cache 2>/dev/null && [ -w $$cache ] || cache=$${XDG_CACHE_HOME:-$$HOME/.cache}/edgekit-imx500; }; \
+	dir=$$cache/$$key-py$$pyv; env=$$dir/venv; mkdir -p $$dir; touch $$dir/last-used; \
+	if [ "$$(cat $$env/.key 2>/dev/null)" != "$$key" ]; then \
+	  exec 9>$$dir/lock; flock -n 9 || { echo "another make imx500-env is making $$env; waiting"; flock 9; }; \
+	  if [ "$$(cat $$env/.key 2>/dev/null)" != "$$key" ]; then \
+	    echo "making $$env (~2 min with a fast PyPI mirror, once per key)"; rm -rf $$env; \
+	    $(IMX500_PYTHON) -m venv $$env; \
+	    $$env/bin/python -m pip install --disable-pip-version-check -q -r $(IMX500_REQ); \
+	    echo "$$key" > $$env/.key; \
+	    find $$cache -mindepth 2 -maxdepth 2 -name last-used -mtime +30 | while read -r f; do rm -rf "$${f%/last-used}"; done; \
+	  fi; \
+	fi; \
+	if [ "$$(readlink $(IMX500_VENV) 2>/dev/null)" = "$$env" ]; then echo "$(IMX500_VENV) -> $$env up to date"; exit 0; fi; \
+	rm -rf $(IMX500_VENV); ln -s $$env $(IMX500_VENV); echo "$(IMX500_VENV) -> $$env"
 
 test-imx500: setup imx500-env ## the real IMX500 conversion (slow): tiny run -> packerOut.zip, top-1 vs float32
-	$(PY) -m pytest -q tests/test_imx500_convert.py
+	EDGEKIT_IMX500_REQUIRED=1 $(PY) -m pytest -q tests/test_imx500_convert.py
 
 .PHONY: test-arm64
 test-arm64: setup ## device tests on an emulated Raspberry Pi 4 (arm64 under qemu-user; root; skips without)
