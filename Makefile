@@ -98,7 +98,7 @@ imx500-env: ## the IMX500 converter's pinned environment (cached, linked as .ven
 	  fi; \
 	fi; \
 	if [ "$$(readlink $(IMX500_VENV) 2>/dev/null)" = "$$env" ]; then echo "$(IMX500_VENV) -> $$env up to date"; exit 0; fi; \
-	rm -rf $(IMX500_VENV); ln -s $$env $(IMX500_VENV); echo "$(IMX500_VENV) -> $$env"
+	rm -rf $(IMX500_VENV); ln -sfn $$env $(IMX500_VENV); echo "$(IMX500_VENV) -> $$env"
 
 test-imx500: setup imx500-env ## the real IMX500 conversion (slow): tiny run -> packerOut.zip, top-1 vs float32
 	EDGEKIT_IMX500_REQUIRED=1 $(PY) -m pytest -q tests/test_imx500_convert.py
