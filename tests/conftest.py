@@ -99,33 +99,56 @@ def sample(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("sample"), per_class=60, frames=60, seed=1)
 
 
-@pytest.fixture(scope="session")
-def trained_run(sample, tmp_path_factory) -> Path:
-    """A run folder trained from scratch with tiny settings."""
-    from train.augment import Augment
-    from train.core import TrainConfig, fine_tune
+MODEL_FIXTURES = {"trained_run", "exported"}
 
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    # The demo's light augmentation: the sample shapes already vary in rotation, scale
-    # and lighting, and a tiny model trained from scratch converges faster without more.
-    light = Augment(rotation=36, shift=0, shear=0, zoom=0.15, brightness=(1, 1),
-                    contrast=0.2)
-    # 20 epochs reach a held-out top-1 of ~1.0 (10 stay near 0.7): enough margin for the
-    # accuracy asserts. Batch 12 divides the 168/36/36 split exactly, so no partial batch
-    # makes Keras trace its step functions again (tracing, not arithmetic, is most of the
-    # cost of a run this small).
-    cfg = TrainConfig(data=str(sample / "images"), out=str(out), weights="none", alpha=0.35,
-                      img_size=96, epochs=20, patience=20, batch_size=12,
-                      learning_rate=3e-3, augment=light, seed=0)
-    return fine_tune(cfg)
+
+def _needs_model(item: pytest.Item) -> bool:
+    return bool(MODEL_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: only the tests that will run
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with a test that needs the tiny run go last, in their order, so the run's
+    background process (tests/tiny_run.py) trains while the other modules' tests run."""
+    late = {item.path for item in items if _needs_model(item)}
+    items.sort(key=lambda item: item.path in late)  # stable: the order within is kept
 
 
 @pytest.fixture(scope="session")
-def exported(trained_run) -> Path:
+def _tiny_run(sample, tmp_path_factory):
+    """The background process making the tiny run (tests/tiny_run.py), not yet started."""
+    from tests.tiny_run import TinyRun
+
+    tiny = TinyRun(tmp_path_factory.mktemp("runs"))
+    yield tiny
+    tiny.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_tiny_run(request) -> None:
+    """At the session's first test: starts the tiny run if any test of the session needs
+    it, so it trains while the tests before those run."""
+    if any(_needs_model(item) for item in request.session.items):
+        tiny = request.getfixturevalue("_tiny_run")
+        tiny.start(request.getfixturevalue("sample"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(_tiny_run, sample) -> Path:
+    """A run folder trained from scratch with tiny settings (tests/tiny_run.py)."""
+    from tests.tiny_run import TRAINED
+
+    _tiny_run.start(sample)  # no-op once started
+    return _tiny_run.wait(TRAINED)
+
+
+@pytest.fixture(scope="session")
+def exported(_tiny_run, sample) -> Path:
     """The run's export folder with float32 and int8 (uint8 io) models."""
-    from convert.export import export
+    from tests.tiny_run import EXPORTED
 
-    return export(trained_run, ["float32", "int8"], calib=100).export_dir
+    _tiny_run.start(sample)
+    return _tiny_run.wait(EXPORTED)
 
 
 @pytest.fixture(scope="session")
