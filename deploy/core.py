@@ -148,6 +148,16 @@ def _release_profile(profile: Path, model: Path) -> tuple[str, list[tuple[Path, 
     return text, extra
 
 
+def _needs_system_site(profile: Path) -> bool:
+    """True when the profile's camera is read through picamera2 (source picamera2[:N] or
+    imx500), which Raspberry Pi OS ships only as an apt package."""
+    import yaml
+
+    data = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
+    source = str((data.get("camera") or {}).get("source", "")).strip().lower()
+    return source == "imx500" or source.startswith("imx500:") or source.startswith("picamera2")
+
+
 def make_bundle(out: Path, model: Path, profile: Path, wheel: Path,
                 release_id: str | None = None, heldout: Path | None = None) -> dict[str, str]:
     """Writes the upload bundle to ``out``: ``release/`` (model with its manifest and labels,
@@ -181,6 +191,8 @@ def make_bundle(out: Path, model: Path, profile: Path, wheel: Path,
     rid = release_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + digest[:8]
     env = {"RELEASE_ID": rid, "BUNDLE_SHA256": digest, "VENV_KEY": vkey,
            "WHEEL": wheel.name, "MODEL_NAME": model.name}
+    if _needs_system_site(profile):
+        env["SYSTEM_SITE"] = "1"  # picamera2 comes from apt: remote.sh's venv must see it
     (out / "bundle.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
     (rel / "release.json").write_text(json.dumps(
         {**env, "model_source": str(model.resolve()), "profile_source": str(profile.resolve()),

@@ -216,6 +216,11 @@ esac
 [ -n "$STAGE" ] && [ -f "$STAGE/bundle.env" ] || result failed 2 "no bundle at '$STAGE'"
 . "$STAGE/bundle.env"
 RELEASE=$RELEASE_ID
+SYSTEM_SITE="${SYSTEM_SITE:-}"
+# The AI Camera's package needs Raspberry Pi OS's imx500-package: say so before a venv is built.
+if [ "${MODEL_NAME##*.}" = zip ] && ! command -v imx500-package >/dev/null 2>&1; then
+  result failed 1 "model/$MODEL_NAME is an IMX500 package: sudo apt install imx500-tools (imx500-package makes network.rpk)"
+fi
 PREVIOUS=$(current_id)
 say "deploy $RELEASE_ID (previous: ${PREVIOUS:-none})"
 
@@ -229,11 +234,16 @@ fi
 PYV=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
   || result failed 1 "no Python '$PYTHON' on the device"
 VKEY="$VENV_KEY-py$PYV"
+VENV_ARGS=""
+# picamera2 and libcamera's bindings exist only as apt packages (python3-picamera2): a venv
+# for a picamera2/imx500 source sees the system's packages, and pip keeps the system's numpy
+# (apt's picamera2 and simplejpeg are built against it; a pip numpy 2 beside them breaks them).
+[ -n "$SYSTEM_SITE" ] && VKEY="$VKEY-sys" && VENV_ARGS="--system-site-packages"
 V="$EK/venvs/$VKEY"
 if [ ! -f "$V/.complete" ]; then
-  say "creating the venv $V"
+  say "creating the venv $V${VENV_ARGS:+ ($VENV_ARGS)}"
   rm -rf "$V"
-  "$PYTHON" -m venv "$V" || result failed 1 "'$PYTHON -m venv' failed (Debian: apt install python3-venv)"
+  "$PYTHON" -m venv $VENV_ARGS "$V" || result failed 1 "'$PYTHON -m venv' failed (Debian: apt install python3-venv)"
   if [ -n "$WHEELHOUSE" ]; then
     case "$WHEELHOUSE" in
       *.tar) mkdir -p "$V/.wheels" && tar -xf "$WHEELHOUSE" -C "$V/.wheels" \
@@ -243,6 +253,9 @@ if [ ! -f "$V/.complete" ]; then
     set -- --no-index --find-links "$WHEELHOUSE"
   else
     set --
+  fi
+  if [ -n "$SYSTEM_SITE" ] && NPV=$("$V/bin/python" -c 'import numpy; print(numpy.__version__)' 2>/dev/null); then
+    echo "numpy==$NPV" >"$V/.constraints" && set -- "$@" --constraint "$V/.constraints"
   fi
   "$V/bin/python" -m pip install --disable-pip-version-check -q "$@" "$STAGE/$WHEEL[device]" \
     || result failed 1 "pip could not install edgekit[device] (see $LOG)"
@@ -262,8 +275,6 @@ sed -i "s#@EDGEKIT_CURRENT@#$EK/current#g" "$T/profile.yaml"
 # The AI Camera's package (convert's packerOut.zip): the .rpk is made here, by Raspberry Pi
 # OS's imx500-package (apt install imx500-tools), beside the manifest it needs.
 if [ "${MODEL_NAME##*.}" = zip ]; then
-  command -v imx500-package >/dev/null 2>&1 || { rm -rf "$T"; result failed 1 \
-    "model/$MODEL_NAME is an IMX500 package: sudo apt install imx500-tools (imx500-package makes network.rpk)"; }
   imx500-package -i "$T/model/$MODEL_NAME" -o "$T/model" >>"$LOG" 2>&1 && [ -f "$T/model/network.rpk" ] \
     || { rm -rf "$T"; result failed 1 "imx500-package failed on model/$MODEL_NAME (see $LOG)"; }
   MODEL_NAME=network.rpk

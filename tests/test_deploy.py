@@ -108,6 +108,7 @@ def test_bundle_holds_the_model_its_files_and_a_rewritten_profile(tmp_path, mode
     assert "@EDGEKIT_CURRENT@/model/model.tflite" in (rel / "profile.yaml").read_text()
     assert (rel / "profile.source.yaml").read_text() == PROFILE
     assert env["RELEASE_ID"] == "r1" and env["MODEL_NAME"] == "model.tflite"
+    assert "SYSTEM_SITE" not in env  # only a picamera2/imx500 source needs apt's packages
     assert (tmp_path / "b" / wheel.name).is_file()
     again = core.make_bundle(tmp_path / "b2", model, profile, wheel)
     assert again["BUNDLE_SHA256"] == env["BUNDLE_SHA256"]  # same inputs: "unchanged"

@@ -182,6 +182,7 @@ def test_deploy_bundles_the_package_and_points_the_profile_at_network_rpk(tmp_pa
     assert sorted(p.name for p in model.iterdir()) == ["labels.txt", "manifest.json",
                                                        "packerOut.zip"]
     assert env["MODEL_NAME"] == "packerOut.zip"  # remote.sh runs imx500-package on it
+    assert env["SYSTEM_SITE"] == "1"  # the venv must see apt's python3-picamera2
     profile = yaml.safe_load((tmp_path / "bundle" / "release" / "profile.yaml").read_text())
     assert profile["model"]["path"].endswith("/model/network.rpk")
     assert profile["camera"]["source"] == "imx500"

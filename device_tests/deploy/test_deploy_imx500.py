@@ -158,8 +158,10 @@ def test_with_imx500_package_the_rpk_release_goes_live_and_the_daemon_runs(
     print(f"\nMEASURE first deploy of an IMX500 package (venv from the wheelhouse): {secs:.1f} s")
 
     # The deployed daemon with the release's own profile, on the camera's inferences: the
-    # stand-in picamera2 on PYTHONPATH plays apt's python3-picamera2. (remote.sh makes the
-    # venv without --system-site-packages, so on a real Pi the daemon would not see it.)
+    # stand-in picamera2 on PYTHONPATH plays apt's python3-picamera2, which the release's
+    # venv sees on a real Pi because remote.sh makes it with --system-site-packages.
+    cfg = (rel / "venv" / "pyvenv.cfg").read_text()
+    assert "include-system-site-packages = true" in cfg, cfg
     install(dev.home / "standin", classes=len(LABELS))
     _own(dev.home / "standin", USER)
     cmd = ("cd ~/edgekit/current && PYTHONPATH=$HOME/standin ~/edgekit/venv/bin/python -m "
