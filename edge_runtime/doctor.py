@@ -253,7 +253,7 @@ class Doctor:
         elif names:
             self.add("camera", "ok", detail)
         elif other is not None:  # a video file, URL or pipeline needs no camera here
-            self.add("camera", "ok", f"{detail} (the profile's source is a {other})")
+            self.add("camera", "ok", f"{detail} (the profile's source: {other})")
         else:
             self.add("camera", "warn", detail, "connect a camera (ls /dev/video*; a CSI "
                      "camera needs its overlay enabled), or use a video file or URL")

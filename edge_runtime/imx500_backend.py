@@ -76,11 +76,19 @@ class Imx500Network:
         EdgekitError: no IMX500 camera, or the firmware upload refused.
     """
 
-    def __init__(self, rpk: Path) -> None:
+    def __init__(self, rpk: Path, resize: str = "stretch") -> None:
         imx500_cls, self.picamera2_cls = helper_classes()
         try:
             # The helper uploads the network: it must exist before Picamera2 opens.
             self.helper = imx500_cls(str(rpk))
+            if resize == "center_crop":  # as training saw it: the centred square, not a squash
+                self.helper.set_auto_aspect_ratio()
+        except PermissionError as e:
+            # Older picamera2 reads the upload progress from debugfs, which only root may read.
+            raise EdgekitError(f"cannot load {rpk.name} on the IMX500: permission denied on "
+                               f"{e.filename or e}: upgrade picamera2 (sudo apt install "
+                               "--only-upgrade python3-picamera2) or run the service as root"
+                               ) from None
         except (RuntimeError, OSError, FileNotFoundError) as e:
             raise EdgekitError(f"cannot load {rpk.name} on the IMX500: {e} (is the AI Camera "
                                "connected? `rpicam-hello --list-cameras` lists it)") from None
@@ -100,12 +108,13 @@ class Imx500Network:
         return s
 
 
-def load_network(rpk: Path) -> Imx500Network:
-    """The network for ``rpk``, uploaded once per process (the camera source uses it too)."""
+def load_network(rpk: Path, resize: str = "stretch") -> Imx500Network:
+    """The network for ``rpk``, uploaded once per process (the camera source uses it too);
+    ``resize`` is the manifest's (center_crop sets the sensor's centred inference crop)."""
     global _active
     with _factory_lock:
         if _active is None or _active.rpk != rpk:
-            _active = Imx500Network(rpk)
+            _active = Imx500Network(rpk, resize)
         return _active
 
 
@@ -146,7 +155,7 @@ class Imx500Interpreter:
                                f"packerOut.zip (labels, input size) in {path.parent}")
         h, w = manifest.input_size
         self.classes = len(manifest.labels)
-        self.network = load_network(path.resolve())
+        self.network = load_network(path.resolve(), manifest.resize)
         self._buffer = np.zeros((1, h, w, 3), np.uint8)
         self._bound: np.ndarray | None = None
         self._result: np.ndarray | None = None
@@ -290,13 +299,7 @@ def doctor_checks(p: Callable[[str], Path], model_path: str | None,
         model_path: the profile's model.
         which: finds an executable.
     """
-    import importlib.util
-
-    out = []
-    has = importlib.util.find_spec("picamera2") is not None
-    out.append(("picamera2", "ok" if has else "fail", "importable" if has else "not installed",
-                "" if has else "sudo apt install python3-picamera2; make the venv with "
-                "--system-site-packages"))
+    out = [_picamera2_check()]
     fw = sorted(f.name for f in p("/lib/firmware").glob("imx500_*"))
     out.append(("imx500_firmware", "ok" if fw else "fail",
                 ", ".join(fw) if fw else "no /lib/firmware/imx500_* (the sensor's loader and "
@@ -317,6 +320,25 @@ def doctor_checks(p: Callable[[str], Path], model_path: str | None,
                 "" if tool else "sudo apt install imx500-tools; then imx500-package -i "
                 "packerOut.zip -o DIR makes DIR/network.rpk"))
     return out
+
+
+def _picamera2_check() -> tuple[str, str, str, str]:
+    """Imports picamera2 for real: apt's build fails to import beside a pip numpy 2
+    ("numpy.dtype size changed"), which a find_spec would call fine."""
+    try:
+        import picamera2  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError as e:
+        if getattr(e, "name", None) == "picamera2":
+            return ("picamera2", "fail", "not installed", "sudo apt install python3-picamera2; "
+                    "make the venv with --system-site-packages (make deploy does)")
+        why = f"import failed: {type(e).__name__}: {e}"
+    except Exception as e:  # a binary mismatch raises ValueError/AttributeError, not ImportError
+        why = f"import failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    else:
+        return ("picamera2", "ok", "importable", "")
+    return ("picamera2", "fail", why[:200], "the venv's packages clash with apt's picamera2 "
+            "(often a pip numpy 2): remake the venv with --system-site-packages and the "
+            "system's numpy (make deploy does)")
 
 
 def _link(path: Path) -> str:

@@ -91,6 +91,10 @@ class IMX500:
             raise RuntimeError("IMX500: Requested camera dev-node not found")
         self.camera_num = 0
         self.network_intrinsics = _Intrinsics()
+        self.roi = "full sensor"
+
+    def set_auto_aspect_ratio(self):  # the real one: a centred crop of the input's aspect
+        self.roi = "centred crop"
 
     def get_outputs(self, metadata, add_batch=False):
         t = metadata.get("CnnOutputTensor")

@@ -263,7 +263,7 @@ def test_doctor_warns_when_no_camera_is_there_unless_the_source_needs_none(tmp_p
     (tmp_path / "clip.avi").touch()
     prof.write_text(f"camera:\n  source: {tmp_path / 'clip.avi'}\n")
     file = camera(load_config(prof, environ={}))
-    assert file.status == "ok" and "source is a file" in file.detail
+    assert file.status == "ok" and "the profile's source: file" in file.detail
     (root / "dev" / "video0").touch()
     assert (camera(None).status, camera(None).detail) == ("ok", "/dev/video0")
 

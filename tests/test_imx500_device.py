@@ -174,3 +174,51 @@ def test_doctor_names_what_the_ai_camera_lacks_with_the_fix(tmp_path, monkeypatc
     assert checks["imx500_tools"][1] == "ok"
     assert ib.uses_imx500("imx500", "m.tflite") and ib.uses_imx500("0", "a/network.rpk")
     assert not ib.uses_imx500("picamera2", "m.tflite")
+
+
+def test_a_center_crop_model_sets_the_sensor_s_centred_crop(tmp_path, standin):
+    from edge_runtime.classify import Classifier
+
+    Classifier(network(tmp_path / "stretch"))
+    assert ib.active_network().helper.roi == "full sensor"
+    rpk = network(tmp_path / "crop")
+    Manifest(labels=LABELS, input_size=(96, 96), resize="center_crop").save(
+        rpk.parent / "manifest.json")
+    Classifier(rpk)
+    assert ib.active_network().helper.roi == "centred crop"
+
+
+def test_permission_denied_names_the_upgrade_not_the_cable(tmp_path, standin, monkeypatch):
+    from edge_runtime.classify import Classifier
+
+    def denied(*_a, **_k):
+        raise PermissionError(13, "Permission denied", "/sys/kernel/debug/imx500-fw:10-001a")
+
+    ib.set_helper_factory(lambda: (denied, standin.Picamera2))
+    with pytest.raises(EdgekitError) as e:
+        Classifier(network(tmp_path / "m"))
+    assert "permission denied on /sys/kernel/debug/imx500-fw:10-001a" in str(e.value)
+    assert "python3-picamera2" in str(e.value) and "connected" not in str(e.value)
+
+
+def test_doctor_imports_picamera2_and_names_a_broken_one(tmp_path, monkeypatch):
+    """A picamera2 that is found but fails to import (apt's beside a pip numpy 2) fails."""
+    broken = tmp_path / "broken" / "picamera2"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(
+        "raise ValueError('numpy.dtype size changed, may indicate binary incompatibility')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "broken"))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    name, status, detail, fix = ib.doctor_checks(lambda x: tmp_path / x.lstrip("/"), None,
+                                                 lambda _: None)[0]
+    assert (name, status) == ("picamera2", "fail")
+    assert "ValueError: numpy.dtype size changed" in detail and "--system-site-packages" in fix
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    install(tmp_path / "good", classes=4)
+    monkeypatch.syspath_prepend(str(tmp_path / "good"))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    import importlib
+    importlib.invalidate_caches()
+    sys.path.remove(str(tmp_path / "broken"))
+    assert ib.doctor_checks(lambda x: tmp_path / x.lstrip("/"), None,
+                            lambda _: None)[0][:3] == ("picamera2", "ok", "importable")
