@@ -18,7 +18,7 @@ require = $(if $(strip $($(1))),,$(error $(1) is not set: $(2)))
 
 help: ## list the tasks
 	@echo "edgekit - make <task> [VAR=value]"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv and install this checkout with [train,device,onnx,dev] (no-op when up to date)
 
