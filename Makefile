@@ -83,7 +83,7 @@ IMX500_CACHE  ?=
 imx500-env: ## the IMX500 converter's pinned environment (cached, linked as .venv-imx500; Java 17 via apt-get when root)
 	@command -v java >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; } || echo "java not found: install Java 17 (apt-get install openjdk-17-jre-headless); imxconv-tf needs it"
 	@set -e; key=$$(sha256sum $(IMX500_REQ) | cut -c1-16); \
-	command -v $(IMX500_PYTHON) >/dev/null 2>&1 || { echo "$(IMX500_PYTHON) not found: the IMX500 converter needs Python 3.11 (apt-get install python3.11-venv, or IMX500_PYTHON=/path/to/python3.11)" >&2; exit 1; }; \
+	command -v $(IMX500_PYTHON) >/dev/null 2>&1 || { echo "$(IMX500_PYTHON) not found: the IMX500 converter needs Python 3.11 (Debian 12: apt-get install python3.11-venv; elsewhere pip install uv, uv python install 3.11, then IMX500_PYTHON=\$$(uv python find 3.11))" >&2; exit 1; }; \
 	pyv=$$($(IMX500_PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	cache="$(IMX500_CACHE)"; [ -n "$$cache" ] || { cache=/var/cache/edgekit-imx500; mkdir -p $$cache 2>/dev/null && [ -w $$cache ] || cache=$${XDG_CACHE_HOME:-$$HOME/.cache}/edgekit-imx500; }; \
 	dir=$$cache/$$key-py$$pyv; env=$$dir/venv; mkdir -p $$dir; touch $$dir/last-used; \

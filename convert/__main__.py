@@ -12,7 +12,7 @@ embedded in each; ``onnx``: export/model.onnx, the same in its metadata), labels
 manifest.json (with each model's sha256), convert_report.json and convert_report.md, and
 prints a table (top-1, agreement with the source model, drop vs float32, size).
 
-Exit status: 0 done; 1 when int8 loses more than --max-drop points of top-1, an Edge TPU
+Exit status: 0 done; 1 when int8 or imx500 loses more than --max-drop points of top-1, an Edge TPU
 model leaves ops on the CPU, or on bad input (one line on stderr); 2 bad usage; 0 after
 SIGTERM and 130 after SIGINT (at any moment, start-up included: one line, finished models
 intact, none partial).
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io", choices=IO_TYPES, default="uint8",
                    help="int8 model input/output type (the Edge TPU needs uint8 or int8)")
     p.add_argument("--max-drop", type=float, default=2.0,
-                   help="fail when int8 top-1 is more than this many points below float32")
+                   help="fail when int8 (or imx500) top-1 is more than this many points below float32")
     p.add_argument("--float-layers", default=None,
                    help="comma-separated tensors to keep in float in the int8 model")
     p.add_argument("--allow-cpu-fallback", action="store_true",

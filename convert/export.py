@@ -325,6 +325,10 @@ def evaluate(models: dict[str, Path], ref: Reference, classes: list[str]) -> dic
     return rows
 
 
+def _both(first: str | None, second: str | None) -> str | None:
+    return "; ".join(m for m in (first, second) if m) or None
+
+
 def accuracy_promise(rows: dict[str, dict], max_drop: float | None, saved: Path,
                      rep) -> tuple[str | None, list[dict] | None]:
     """Whether int8 kept within ``max_drop`` points of float32; when not, why (the worst
@@ -469,17 +473,17 @@ def export_source(src: Source, options: ExportOptions) -> ExportResult:
             if layers is not None:
                 report["quantization_debugger"] = layers
         if "imx500" in variants:  # convert.imx500: Sony's converter in its own environment
-            from .imx500 import imx500_stage
+            from .imx500 import imx500_stage, promise
 
             rows["imx500"], imx_failed = imx500_stage(src, ref, rep, work, provenance)
             add_deltas(rows)
-            failed = failed or imx_failed
+            failed = _both(failed, imx_failed or promise(rows["imx500"], options.max_drop))
     if "edgetpu" in variants:
         rows["edgetpu"], compiled, tpu_failed = edgetpu_stage(models["int8"], export_dir,
                                                               options.allow_cpu_fallback)
         if compiled is not None:
             models["edgetpu"] = compiled
-        failed = failed or tpu_failed
+        failed = _both(failed, tpu_failed)
     report["failed"] = failed
     write_json(export_dir / "convert_report.json", report)
     write_text(export_dir / "convert_report.md", to_markdown(report))

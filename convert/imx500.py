@@ -187,16 +187,27 @@ def golden(q_probs: np.ndarray, names: list[str], labels: list[str], k: int = 3,
             "cases": cases}
 
 
-def drift_baseline(job: Path, split: str) -> dict | None:
-    """The IMX500 model's own drift baseline (its outputs on the baseline images), keyed by
-    the file the daemon runs on the Pi: network.rpk."""
+def drift_baseline(job: Path, split: str, inputs: dict | None = None) -> dict | None:
+    """The IMX500 model's own drift baseline (its outputs on the baseline images, plus the
+    input statistics every variant shares: the Pi prepares each frame's model input too),
+    keyed by the file the daemon runs on the Pi: network.rpk."""
     from edge_runtime.drift import BASELINE_VERSION, make_baseline
 
     path = job / "q_val_probs.npy"
     if not path.is_file():
         return None
-    return {"version": BASELINE_VERSION, "split": split,
-            "models": {"network.rpk": make_baseline(np.load(path))}}
+    entry = make_baseline(np.load(path))
+    if inputs is not None:
+        entry["input"] = inputs
+    return {"version": BASELINE_VERSION, "split": split, "models": {"network.rpk": entry}}
+
+
+def promise(row: dict, max_drop: float | None) -> str | None:
+    """``--max-drop`` for the IMX500 row as for int8: why it failed, or None."""
+    drop = row.get("top1_drop_points")
+    if max_drop is None or drop is None or drop <= max_drop:
+        return None
+    return f"imx500 top-1 is {drop:.2f} points below float32 (limit {max_drop})"
 
 
 def write_package(src: Any, result: dict, arch: dict, provenance: dict, q_probs: Any,
@@ -242,7 +253,7 @@ def imx500_stage(src: Any, ref: Any, rep: Any, work: Path, provenance: dict,
     Returns:
         (report row, failure message or None).
     """
-    from .drift_baseline import baseline_images
+    from .drift_baseline import baseline_images, input_baseline
     from .evaluate import score
 
     t0 = time.time()
@@ -261,9 +272,8 @@ def imx500_stage(src: Any, ref: Any, rep: Any, work: Path, provenance: dict,
         q_path = job / "q_probs.npy"
         q_probs = np.load(q_path) if q_path.is_file() else None
         packer = write_package(src, result, arch, provenance, q_probs,
-                               drift_baseline(job, split))
-    except EdgekitError as e:
-        print(f"imx500: {e}", file=sys.stderr)
+                               drift_baseline(job, split, input_baseline(src)))
+    except EdgekitError as e:  # said once, by convert's last line (the others still made)
         return {"status": f"failed: {e}"}, f"IMX500 conversion failed: {e}"
     seconds = time.time() - t0
     row: dict = {"file": "imx500/packerOut.zip", "status": "converted",

@@ -117,6 +117,14 @@ def test_a_failure_is_reported_in_the_row_never_raised(tmp_path, monkeypatch):
     assert failed.startswith("IMX500 conversion failed:") and "make imx500-env" in failed
 
 
+def test_max_drop_holds_the_imx500_row_to_it_as_int8():
+    assert imx500.promise({"top1_drop_points": 0.5}, 2.0) is None
+    assert imx500.promise({"status": "failed: x"}, 2.0) is None  # its own failure says it
+    assert imx500.promise({"top1_drop_points": 3.25}, None) is None
+    assert imx500.promise({"top1_drop_points": 3.25}, 2.0) == \
+        "imx500 top-1 is 3.25 points below float32 (limit 2.0)"
+
+
 @pytest.mark.slow
 def test_missing_environment_keeps_the_other_variants(trained_run, tmp_path):
     out = tmp_path / "export"
@@ -126,6 +134,7 @@ def test_missing_environment_keeps_the_other_variants(trained_run, tmp_path):
     assert "Traceback" not in r.stderr
     assert error_lines(r.stderr)[-1].startswith("error: IMX500 conversion failed: the IMX500 "
                                                 "converter environment")
+    assert r.stderr.count("the IMX500 converter environment") == 1  # said once, last
     assert (out / "model_float32.tflite").is_file()
     report = json.loads((out / "convert_report.json").read_text())
     assert report["variants"]["imx500"]["status"].startswith("failed:")
@@ -153,6 +162,8 @@ def test_real_conversion_matches_float32(trained_run, tmp_path):
     assert manifest["labels"] == (folder / "labels.txt").read_text().split()
     assert manifest["input_size"] == {"height": 96, "width": 96}
     assert list(manifest["drift_baseline"]["models"]) == ["network.rpk"]
+    # the input component too: the Pi prepares each frame's model input for it
+    assert manifest["drift_baseline"]["models"]["network.rpk"]["input"]["n"] > 0
     golden = json.loads((folder / "golden.json").read_text())
     assert golden["cases"] and all(c["top"][0]["label"] in manifest["labels"]
                                    for c in golden["cases"])
