@@ -2,7 +2,8 @@
 models, Coral's reference folder, waiting with a deadline, a fake camera, running a CLI.
 
 The run is trained once per session with test-sized settings (alpha 0.35, 96 px, a few
-short epochs on 168 training images), so every pipeline test uses a real model in seconds.
+short epochs on 168 training images), so every pipeline test uses a real model in seconds;
+a background process (tests/tiny_run.py) trains it while the tests that do not need it run.
 Test modules import the helpers one way, ``from tests.conftest import ...`` (a bare
 ``from conftest import`` would load this file a second time as another module).
 """
