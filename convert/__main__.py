@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io", choices=IO_TYPES, default="uint8",
                    help="int8 model input/output type (the Edge TPU needs uint8 or int8)")
     p.add_argument("--max-drop", type=float, default=2.0,
-                   help="fail when int8 (or imx500) top-1 is more than this many points below float32")
+                   help="fail when int8 (or imx500) top-1 is more than this many points "
+                   "below float32")
     p.add_argument("--float-layers", default=None,
                    help="comma-separated tensors to keep in float in the int8 model")
     p.add_argument("--allow-cpu-fallback", action="store_true",

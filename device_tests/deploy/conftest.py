@@ -169,13 +169,19 @@ def devices(keys, tmp_path_factory):
         yield devs
     finally:
         for d in devs:
-            if d.proc.poll() is None:
-                d.proc.send_signal(signal.SIGTERM)
-                try:
-                    d.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    d.proc.kill()
-                    d.proc.wait(10)
+            stop_sshd(d.proc)
+
+
+def stop_sshd(proc: subprocess.Popen) -> None:
+    """Ends a device's sshd: SIGTERM, then SIGKILL after 10 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SSHD, Device, _add_user, _free_port, _wait_port  # this suite's conftest
+from conftest import (  # this suite's conftest
+    SSHD,
+    Device,
+    _add_user,
+    _free_port,
+    _wait_port,
+    stop_sshd,
+)
 
 from tests.imx500_standin import install  # python -m pytest from the checkout
 
@@ -92,12 +98,7 @@ def camera_pi(keys, tmp_path_factory):
         yield dev, [f"-oUserKnownHostsFile={known}", "-oStrictHostKeyChecking=yes",
                     "-oIdentitiesOnly=yes", "-oBatchMode=yes"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_sshd(proc)
 
 
 def package(folder: Path, tag: bytes) -> Path:
